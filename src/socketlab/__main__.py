@@ -1,0 +1,5 @@
+"""`python -m socketlab` is the same as the `socketlab` command."""
+
+from socketlab.cli import run
+
+run()
