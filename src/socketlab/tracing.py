@@ -7,6 +7,7 @@ human printer and the JSON Lines writer take a stream, the recorder keeps events
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,3 +40,12 @@ class RecordingTracer:
     @property
     def names(self) -> list[str]:
         return [e.name for e in self.events]
+
+
+def open_socket(family: int, kind: int, tracer: Tracer | None = None) -> socket.socket:
+    """A new socket; with a tracer, one that reports each of its calls (socket() included).
+
+    Stub until the tracing work lands: the tracer is ignored for now.
+    """
+    del tracer
+    return socket.socket(family, kind)

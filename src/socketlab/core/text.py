@@ -65,3 +65,14 @@ def upper_bytes(data: bytes) -> bytes:
         # The hot path: bytes.upper is ASCII-only and runs at memory speed.
         return data.upper()
     return encode(upper_text(decode(data)))
+
+
+def to_display(data: bytes) -> str:
+    """Bytes from a server as text for a person: UTF-8 where valid, each other byte as Latin-1.
+
+    The lecture's Java servers answer Portuguese in Latin-1 (writeBytes); this shows "AÇÃO" either way.
+    """
+    text = decode(data)
+    if _ESCAPED.search(text) is None:
+        return text
+    return _ESCAPED.sub(lambda m: chr(ord(m.group()) - 0xDC00), text)
