@@ -1,0 +1,58 @@
+"""StreamSession: one client's conversation, the same whatever the segmentation."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from socketlab.core.services import ERR_LINE_TOO_LONG, make_service
+from socketlab.core.session import StreamSession
+from socketlab.errors import LineTooLong
+
+
+def run(service: str, chunks: list[bytes], max_line: int = 16384) -> tuple[bytes, bool]:
+    session = StreamSession(make_service(service), max_line)
+    out = b"".join(session.receive_data(c) for c in chunks)
+    return out + session.end_of_input(), session.closing
+
+
+def cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=20), st.sampled_from(["upper", "ack"]))
+def test_any_split_gives_the_same_answers(data: bytes, cuts: list[int], service: str) -> None:
+    whole = run(service, [data], max_line=32)
+    pieces = run(service, cut(data, cuts), max_line=32)
+    bytewise = run(service, [data[i : i + 1] for i in range(len(data))], max_line=32)
+    assert whole == pieces == bytewise
+
+
+def test_portuguese_split_inside_a_character() -> None:
+    data = "ação\n".encode()
+    assert run("upper", [data[:2], data[2:4], data[4:]]) == ("AÇÃO\n".encode(), False)
+
+
+def test_long_line_answers_earlier_lines_then_one_error() -> None:
+    out, closing = run("upper", [b"ok\n", b"x" * 20, b"y\nnever\n"], max_line=10)
+    assert out == b"OK\n" + ERR_LINE_TOO_LONG
+    assert closing
+
+
+def test_session_records_the_error() -> None:
+    session = StreamSession(make_service("ack"), 4)
+    assert session.receive_data(b"12345678\n") == ERR_LINE_TOO_LONG
+    assert isinstance(session.error, LineTooLong)
+    assert session.receive_data(b"more\n") == b""
+
+
+def test_unterminated_last_line_is_answered_at_end() -> None:
+    assert run("upper", [b"abc\nde"]) == (b"ABC\nDE", False)
+
+
+def test_echo_is_byte_exact_and_unframed() -> None:
+    data = bytes(range(256)) * 100
+    assert run("echo", cut(data, [7, 300, 9000]), max_line=8) == (data, False)
