@@ -137,7 +137,8 @@ class LectureServer:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=RUN_TIMEOUT)
+        rest, _ = self.proc.communicate(timeout=RUN_TIMEOUT)
+        self.output += rest
 
     def __enter__(self) -> LectureServer:
         return self
