@@ -110,6 +110,7 @@ class LectureServer:
     proc: subprocess.Popen[bytes]
     port: int
     output: bytearray = field(default_factory=bytearray)
+    _collected: bool = False  # communicate() already returned the rest of the output
 
     def read_until(self, marker: bytes, deadline: float) -> bool:
         """Read output until `marker` appears; False if the process ends or time runs out first."""
@@ -129,16 +130,16 @@ class LectureServer:
 
     def wait(self, timeout: float = RUN_TIMEOUT) -> int:
         """Wait for a server that ends by itself (the Python one) and collect all its output."""
-        assert self.proc.stdout is not None
-        rest, _ = self.proc.communicate(timeout=timeout)
-        self.output += rest
+        if not self._collected:
+            rest, _ = self.proc.communicate(timeout=timeout)
+            self.output += rest
+            self._collected = True
         return self.proc.returncode
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        rest, _ = self.proc.communicate(timeout=RUN_TIMEOUT)
-        self.output += rest
+        self.wait()
 
     def __enter__(self) -> LectureServer:
         return self
