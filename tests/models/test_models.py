@@ -1,0 +1,259 @@
+"""The blocking teaching models (iterative, threads) with real clients on loopback sockets."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from socketlab.config import Limits, Listener, ServerConfig
+from socketlab.errors import BindError, ConfigError
+from socketlab.models import MODELS, run_blocking_server
+from socketlab.tracing import RecordingTracer
+from tests.conftest import needs_ipv6
+from tests.helpers import LISTENING, cli_env
+from tests.models.server import read_line, read_lines, running_server
+
+# How long a client waits to be sure it is NOT being answered: long enough for a server that would
+# answer to do so many times over on loopback; not a measure of speed.
+NOT_ANSWERED_WAIT = 0.5
+CLIENT_TIMEOUT = 10.0
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    return socket.create_connection(address, timeout=CLIENT_TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_upper_over_tcp_answers_each_line_in_order(model: str) -> None:
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model) as server,
+        connect(server.address()) as client,
+    ):
+        # Sent in pieces that cut a UTF-8 character in two, and two lines in one piece.
+        for piece in (b"a\xc3", b"\xa7\xc3\xa3o\nstra", b"\xc3\x9fe\r\nlast\n"):
+            client.sendall(piece)
+        answers = read_lines(client, 3)
+    assert answers == "AÇÃO\nSTRASSE\r\nLAST\n".encode()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    ("service", "sent", "expected"), [("ack", b"Echo\n", b"ok\n"), ("echo", b"hi", b"hi")]
+)
+def test_other_services_over_tcp(model: str, service: str, sent: bytes, expected: bytes) -> None:
+    with (
+        running_server((Listener("tcp", service, "127.0.0.1", 0),), model=model) as server,
+        connect(server.address()) as client,
+    ):
+        client.sendall(sent)
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(4096):
+            received += chunk
+    assert received == expected
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
+def test_udp_answers_one_datagram_with_one_datagram(model: str, host: str) -> None:
+    with running_server((Listener("udp", "upper", host, 0),), model=model) as server:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as client:
+            client.settimeout(CLIENT_TIMEOUT)
+            client.sendto("ação".encode(), server.address("udp"))
+            answer, _ = client.recvfrom(65535)
+    # Nothing added: no newline for a datagram that had none (the Java UDPClient's case).
+    assert answer == "AÇÃO".encode()
+
+
+@pytest.mark.timeout(30)
+def test_iterative_makes_a_second_client_wait_while_the_first_stays_connected() -> None:
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model="iterative") as server,
+        connect(server.address()) as first,
+        connect(server.address()) as second,
+    ):
+        first.sendall(b"first\n")
+        assert read_line(first) == b"FIRST\n"  # the server is now serving `first`, which goes idle
+        # The kernel completed the second connection (listen queue); nobody reads its line yet.
+        second.sendall(b"second\n")
+        second.settimeout(NOT_ANSWERED_WAIT)
+        with pytest.raises(TimeoutError):
+            second.recv(4096)
+        first.close()
+        second.settimeout(CLIENT_TIMEOUT)
+        assert read_line(second) == b"SECOND\n"
+
+
+@pytest.mark.timeout(30)
+def test_threads_answer_a_second_client_while_the_first_stays_connected() -> None:
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model="threads") as server,
+        connect(server.address()) as first,
+        connect(server.address()) as second,
+    ):
+        first.sendall(b"first\n")
+        assert read_line(first) == b"FIRST\n"
+        second.sendall(b"second\n")
+        assert read_line(second) == b"SECOND\n"
+        first.sendall(b"still here\n")
+        assert read_line(first) == b"STILL HERE\n"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_line_too_long_gets_one_error_line_and_the_connection_closes(model: str) -> None:
+    limits = Limits(max_line=100)
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model, limits=limits) as server,
+        connect(server.address()) as client,
+    ):
+        client.sendall(b"fine\n" + b"x" * 500 + b"\nnever answered\n")
+        received = b""
+        while chunk := client.recv(4096):
+            received += chunk
+    assert received == b"FINE\nERR line too long\n"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_an_idle_client_is_closed_after_the_idle_timeout(model: str) -> None:
+    limits = Limits(idle_timeout=0.2)
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model, limits=limits) as server,
+        connect(server.address()) as client,
+    ):
+        client.sendall(b"hello\n")
+        assert read_line(client) == b"HELLO\n"
+        assert client.recv(4096) == b""  # closed by the server, not by us
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_stopping_answers_what_was_received_and_closes_the_listening_socket(model: str) -> None:
+    with running_server((Listener("tcp", "ack", "127.0.0.1", 0),), model=model) as server:
+        client = connect(server.address())
+        client.sendall(b"one\n")
+        assert read_line(client) == b"ok\n"
+        address = server.address()
+    # running_server has stopped the server with the client still connected, and checked it returned 0.
+    with client:
+        assert client.recv(4096) == b""
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(address, timeout=CLIENT_TIMEOUT):
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_a_busy_port_raises_bind_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ServerConfig(listeners=(Listener("tcp", "upper", "127.0.0.1", taken.getsockname()[1]),))
+        with pytest.raises(BindError, match=r"127\.0\.0\.1"):
+            run_blocking_server(config, model="iterative")
+
+
+def test_an_unknown_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="iterative"):
+        run_blocking_server(ServerConfig(listeners=()), model="fork-bomb")
+
+
+@pytest.mark.timeout(30)
+def test_the_server_session_is_the_lecture_diagram() -> None:
+    """socket, bind, listen, accept (a new socket), recv, send, ..., close."""
+    tracer = RecordingTracer()
+    with (
+        running_server(
+            (Listener("tcp", "upper", "127.0.0.1", 0),), model="iterative", tracer=tracer
+        ) as server,
+        connect(server.address()) as client,
+    ):
+        client.sendall(b"hello\n")
+        assert read_line(client) == b"HELLO\n"
+        client_port = client.getsockname()[1]
+        client.close()
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while "close" not in tracer.names and time.monotonic() < deadline:
+            time.sleep(0.01)
+    listening = tracer.events[0]
+    assert listening.name == "socket"
+    setup = [e.name for e in tracer.for_fd(listening.fd)][:4]
+    assert setup == ["socket", "setsockopt", "bind", "listen"]
+    accept = next(e for e in tracer.events if e.name == "accept")
+    assert accept.fd == listening.fd
+    assert accept.result is not None
+    # The new socket, and the client's source port, which tells clients apart.
+    assert accept.result["peer"] == f"127.0.0.1:{client_port}"
+    conn_fd = accept.result["fd"]
+    assert conn_fd != listening.fd
+    session = tracer.events[tracer.events.index(accept) + 1 :]
+    assert [(e.name, e.fd) for e in session[:4]] == [
+        ("recv", conn_fd),
+        ("sendall", conn_fd),
+        ("recv", conn_fd),
+        ("close", conn_fd),
+    ]
+    recv, sendall, eof = session[:3]
+    assert recv.data == b"hello\n"
+    assert recv.result == {"bytes": 6}
+    assert sendall.data == b"HELLO\n"
+    assert eof.result == {"bytes": 0}
+    assert tracer.for_fd(listening.fd)[-1].name == "close"
+
+
+SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from socketlab.config import Listener, ServerConfig
+    from socketlab.models import run_blocking_server
+
+    config = ServerConfig(listeners=(Listener("tcp", "upper", "127.0.0.1", 0),))
+
+    def announce(proto, service, host, port):
+        print(f"{proto} {service} listening on {host}:{port}", flush=True)
+
+    code = run_blocking_server(config, model=sys.argv[1], on_listening=announce)
+    print("exit", code, flush=True)
+    sys.exit(code)
+    """
+)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_the_server_with_exit_code_0(model: str, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, model],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = LISTENING.match(proc.stdout.readline())
+        assert match is not None
+        # A client connected and idle: the iterative server is blocked in its recv().
+        with connect(("127.0.0.1", int(match[4]))) as client:
+            client.sendall(b"hi\n")
+            assert read_line(client) == b"HI\n"
+            proc.send_signal(sig)
+            assert client.recv(4096) == b""
+            out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "exit 0" in out
+    assert "Traceback" not in out
