@@ -100,7 +100,7 @@ def never(_number: int, _data: bytes) -> tuple[bytes, float] | None:
 
 def java_padding(_number: int, data: bytes) -> tuple[bytes, float] | None:
     """The lecture's UDPServer: the upper-cased 1024-byte receive buffer, NULs and all."""
-    return data.upper().ljust(1024, b"\0"), 0.0
+    return data.decode("utf-8", "replace").upper().encode().ljust(1024, b"\0"), 0.0
 
 
 @pytest.mark.timeout(10)
