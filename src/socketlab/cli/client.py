@@ -155,6 +155,9 @@ class _Output:
         from socketlab.core.text import to_display  # noqa: PLC0415 - only the handler needs it
 
         self._display = to_display
+        if stream is None:  # standard output closed (`>&-`): the answers go nowhere, as asked
+            stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        self._stream = stream  # kept: the text wrapper closes its buffer when collected
         self._buffer: BinaryIO = stream.buffer
         self._encoding: str = stream.encoding or "utf-8"
 
@@ -170,11 +173,21 @@ def _prompt() -> None:
     sys.stderr.flush()
 
 
+def _stdin() -> tuple[Iterator[bytes], bool]:
+    """Standard input as blocks of lines, and whether it is a terminal (then with prompts)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return iter(()), False  # closed (`<&-`) or replaced by something without a fd: no lines
+    interactive = os.isatty(fd)
+    return _input_blocks(fd, _prompt if interactive else None), interactive
+
+
 def _interactive() -> bool:
     try:
         return os.isatty(sys.stdin.fileno())
     except (AttributeError, OSError, ValueError):
-        return False  # no usable standard input (closed, or replaced by something without a fd)
+        return False
 
 
 def _error(message: str) -> None:
@@ -191,11 +204,9 @@ def _run_tcp(args: argparse.Namespace, tracer: Tracer | None, out: _Output) -> i
     if args.message is not None:
         items = [_encode_message(text) + b"\n" for text in args.message]
     else:
-        interactive = _interactive()
-        # On a terminal one line at a time, so each prompt comes after the previous answer.
+        items, interactive = _stdin()
         if interactive:
-            window = 1
-        items = _input_blocks(sys.stdin.fileno(), _prompt if interactive else None)
+            window = 1  # one line at a time, so each prompt comes after the previous answer
     timeout = args.timeout if args.timeout is not None else ANSWER_TIMEOUT
     sock = connect_tcp(args.host, args.port, tracer=tracer)
     with sock:
@@ -214,8 +225,7 @@ def _run_udp(args: argparse.Namespace, tracer: Tracer | None, out: _Output) -> i
     if args.message is not None:
         requests = [_encode_message(text) for text in args.message]
     else:
-        prompt = _prompt if _interactive() else None
-        requests = _split_lines(_input_blocks(sys.stdin.fileno(), prompt))
+        requests = _split_lines(_stdin()[0])
     timeout = args.timeout if args.timeout is not None else UDP_TIMEOUT
     lost = 0
     results = exchange_udp(

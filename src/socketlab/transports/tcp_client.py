@@ -166,13 +166,19 @@ class Pipeline:
 
     def _send_all(self) -> None:
         try:
-            for item in self._items:
+            items = iter(self._items)
+            while True:
+                # Room first, then the next item: on a terminal (window 1) the prompt for the next
+                # line then comes only after the answer to the previous one is shown.
+                room = self._wait_room()
+                if room == 0:
+                    return
+                item = next(items, None)
+                if item is None:
+                    break
                 data = item if item.endswith(b"\n") else item + b"\n"
                 start = 0
-                while start < len(data):
-                    room = self._wait_room()
-                    if room == 0:
-                        return
+                while True:
                     # Send as many whole lines of this item as the window has room for.
                     end = start
                     count = 0
@@ -188,6 +194,11 @@ class Pipeline:
                         self._wake()
                     self.sock.sendall(data[start:end])
                     start = end
+                    if start == len(data):
+                        break
+                    room = self._wait_room()
+                    if room == 0:
+                        return
             # Half-close: a server that answers at end of input (or answers without a final LF, as the
             # lecture's Python server does) sees that nothing more is coming.
             self.sock.shutdown(socket.SHUT_WR)
