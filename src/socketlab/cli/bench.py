@@ -1,0 +1,353 @@
+"""`socketlab bench tcp|udp HOST PORT` (closed-loop load) and `socketlab bench compare` (side by side).
+
+Only argument parsing, printing and exit codes live here; the load generator is socketlab.tools.bench and
+the comparison socketlab.tools.compare, both imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
+
+from socketlab.i18n import _
+
+if TYPE_CHECKING:
+    from socketlab.tools.bench import BenchResult, Progress
+
+
+def parse_size(text: str) -> int:
+    """ "64", "1K", "1G" -> bytes, by socketlab.units' rules, as an argparse type."""
+    from socketlab.errors import ConfigError  # noqa: PLC0415 - keep `socketlab client` start-up lean
+    from socketlab.units import parse_size as parse  # noqa: PLC0415
+
+    try:
+        return parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_seconds(text: str) -> float:
+    """ "10", "10s", "500ms" -> seconds, by socketlab.units' rules, as an argparse type."""
+    from socketlab.errors import ConfigError  # noqa: PLC0415
+    from socketlab.units import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            _("must be a whole number of at least 1: {text!r}").format(text=text)
+        )
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help=_("load a server and measure requests/s and latency, or compare servers"),
+        description=_(
+            "Closed-loop load against a line server: each connection keeps --pipeline requests in flight, "
+            "checks every answer and sends the next request. Reports requests/s, MB/s, latency "
+            "percentiles and wrong answers. Every run stops by itself after --warmup + --duration."
+        ),
+    )
+    kinds = parser.add_subparsers(dest="bench_kind", metavar="tcp|udp|compare", required=True)
+    for proto in ("tcp", "udp"):
+        sub = kinds.add_parser(
+            proto,
+            help=_("load a {proto} server").format(proto=proto.upper()),
+            description=_("Closed-loop {proto} load against HOST PORT.").format(proto=proto.upper()),
+        )
+        sub.add_argument("host", metavar="HOST", help=_("server name or address"))
+        sub.add_argument("port", metavar="PORT", type=int, help=_("server port"))
+        _add_load_options(sub, proto)
+        sub.set_defaults(func=handle_bench, proto=proto)
+
+    cmp = kinds.add_parser(
+        "compare",
+        help=_("run the same load against several servers and write a report"),
+        description=_(
+            "Start each server in turn on 127.0.0.1, run the same load against each, several rounds, and "
+            "write a Markdown table (medians, ratios to the C reference server) and a PNG chart."
+        ),
+    )
+    cmp.add_argument(
+        "--rounds", type=_positive, default=3, help=_("rounds of every measurement (default: 3)")
+    )
+    cmp.add_argument(
+        "--duration", type=parse_seconds, default=5.0, help=_("measured seconds per load run (default: 5)")
+    )
+    cmp.add_argument("--warmup", type=parse_seconds, default=1.0, help=_("warm-up seconds (default: 1)"))
+    cmp.add_argument(
+        "--scenarios",
+        default="all",
+        help=_("comma-separated: tcp16, tcp256, udp16, bulk, idle, startup (default: all)"),
+    )
+    cmp.add_argument(
+        "--servers", default="all", help=_("comma-separated server names to include (default: all)")
+    )
+    cmp.add_argument(
+        "--bulk-total",
+        type=parse_size,
+        default=1024**3,
+        help=_("bytes through the bulk round trip (default: 1G)"),
+    )
+    cmp.add_argument(
+        "--idle-conns",
+        type=_positive,
+        default=10_000,
+        help=_("idle TCP connections for the memory measurement (default: 10000)"),
+    )
+    cmp.add_argument(
+        "--startup-runs", type=_positive, default=10, help=_("client start-up runs (default: 10)")
+    )
+    cmp.add_argument(
+        "--generator",
+        choices=("auto", "loadgen", "socketlab"),
+        default="auto",
+        help=_("load generator: the C loadgen when it builds (auto), or socketlab bench"),
+    )
+    cmp.add_argument("--cbench", metavar="DIR", help=_("the C reference programs (default: ../shared/bench)"))
+    cmp.add_argument("--no-pin", action="store_true", help=_("do not pin server and generator to cores"))
+    cmp.add_argument(
+        "--output",
+        default="docs/performance.md",
+        help=_("Markdown report to write; '-' for none (default: docs/performance.md)"),
+    )
+    cmp.add_argument(
+        "--chart",
+        default="docs/img/performance.png",
+        help=_("PNG chart to write; '-' for none (default: docs/img/performance.png)"),
+    )
+    cmp.add_argument("--json", metavar="FILE", help=_("also write every measurement as JSON to FILE"))
+    cmp.set_defaults(func=handle_compare)
+
+
+def _add_load_options(sub: argparse.ArgumentParser, proto: str) -> None:
+    what = _("connections") if proto == "tcp" else _("sockets")
+    sub.add_argument(
+        "-c",
+        "--connections",
+        type=_positive,
+        default=16,
+        help=_("concurrent {what} (default: 16)").format(what=what),
+    )
+    sub.add_argument(
+        "-s",
+        "--size",
+        type=parse_size,
+        default=64,
+        help=_("bytes per request line, newline included (default: 64)"),
+    )
+    sub.add_argument(
+        "-d", "--duration", type=parse_seconds, default=10.0, help=_("measured seconds (default: 10)")
+    )
+    sub.add_argument(
+        "-w",
+        "--warmup",
+        type=parse_seconds,
+        default=1.0,
+        help=_("seconds of load before measuring (default: 1)"),
+    )
+    sub.add_argument(
+        "-k",
+        "--pipeline",
+        type=_positive,
+        default=1,
+        help=_("requests in flight per connection (default: 1)"),
+    )
+    sub.add_argument(
+        "-p",
+        "--procs",
+        type=_positive,
+        default=1,
+        help=_("client processes sharing the connections (default: 1)"),
+    )
+    sub.add_argument(
+        "--service",
+        choices=("upper", "echo", "ack"),
+        default="upper",
+        help=_("the service the server runs; every answer is checked against it (default: upper)"),
+    )
+    sub.add_argument("--json", action="store_true", help=_("print the result as one JSON object"))
+    sub.add_argument(
+        "--progress",
+        action="store_true",
+        help=_("show the live progress line even when stderr is not a terminal"),
+    )
+
+
+def handle_bench(args: argparse.Namespace) -> int:
+    from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: PLC0415
+    from socketlab.errors import ConfigError, SocketlabError  # noqa: PLC0415
+    from socketlab.tools.bench import BenchSpec, run_bench  # noqa: PLC0415
+
+    spec = BenchSpec(
+        proto=args.proto,
+        host=args.host,
+        port=args.port,
+        connections=args.connections,
+        size=args.size,
+        duration=args.duration,
+        warmup=args.warmup,
+        pipeline=args.pipeline,
+        procs=args.procs,
+        service=args.service,
+    )
+    show = args.progress or sys.stderr.isatty()
+    try:
+        result = run_bench(spec, progress=_progress_line if show else None)
+    except ConfigError as exc:
+        _clear_progress(show)
+        print(_("socketlab bench: {error}").format(error=exc), file=sys.stderr)
+        return EXIT_USAGE
+    except SocketlabError as exc:
+        _clear_progress(show)
+        print(_("socketlab bench: {error}").format(error=exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        _clear_progress(show)
+        print(_("socketlab bench: {error}").format(error=exc.strerror or exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _clear_progress(show)
+        return EXIT_INTERRUPTED
+    _clear_progress(show)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_result(result))
+    if result.tally.connected == 0 or result.tally.requests == 0 or result.errors:
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _progress_line(p: Progress) -> None:
+    phase = _("warm-up") if p.warming_up else _("measuring")
+    sys.stderr.write(
+        "\r\033[K"
+        + _("{elapsed:5.1f} s  {phase}  {answers:,} answers  {errors:,} errors").format(
+            elapsed=p.elapsed, phase=phase, answers=p.answers, errors=p.errors
+        )
+    )
+    sys.stderr.flush()
+
+
+def _clear_progress(shown: bool) -> None:
+    if shown:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def format_result(r: BenchResult) -> str:
+    s, t = r.spec, r.tally
+    lat = r.latency
+    lines = [
+        _(
+            "{proto} {service} at {host}:{port}: {conns} connections x {k} in flight, {size}-byte lines, "
+            "{procs} process(es), {dur:g} s measured after {warm:g} s warm-up"
+        ).format(
+            proto=s.proto,
+            service=s.service,
+            host=s.host,
+            port=s.port,
+            conns=t.connected,
+            k=s.pipeline,
+            size=s.size,
+            procs=s.procs,
+            dur=t.window_s,
+            warm=s.warmup,
+        ),
+        _("requests   {n:,}   {rps:,.1f} req/s   {mb:.2f} MB/s (requests and answers)").format(
+            n=t.requests, rps=r.rps, mb=r.mb_per_s
+        ),
+    ]
+    if lat:
+        lines.append(
+            _(
+                "latency    p50 {p50:,.0f} µs   p90 {p90:,.0f} µs   p99 {p99:,.0f} µs   "
+                "p99.9 {p999:,.0f} µs   max {max:,.0f} µs   ({kind})"
+            ).format(
+                p50=lat["p50"],
+                p90=lat["p90"],
+                p99=lat["p99"],
+                p999=lat["p99.9"],
+                max=lat["max"],
+                kind=_("HDR histogram") if r.histogram == "hdr" else _("exact"),
+            )
+        )
+    errors = _("errors     {wrong:,} wrong answers, {conn:,} connection errors").format(
+        wrong=t.wrong_answers, conn=t.connection_errors
+    )
+    if s.proto == "udp":
+        errors += _(", {lost:,} datagrams unanswered in {ms:.0f} ms, {late:,} late").format(
+            lost=t.udp_timeouts, ms=200, late=t.udp_stale
+        )
+    lines.append(errors)
+    m = r.machine
+    lines.append(
+        _("machine    {cpu}, {cores} cores, {system} {kernel}, {python}, generator {gen}").format(
+            cpu=m["cpu"],
+            cores=m["cores"],
+            system=m["system"],
+            kernel=m["kernel"],
+            python=m["python"],
+            gen=m["generator"],
+        )
+    )
+    return "\n".join(lines)
+
+
+def handle_compare(args: argparse.Namespace) -> int:
+    from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: PLC0415
+    from socketlab.errors import ConfigError, SocketlabError  # noqa: PLC0415
+    from socketlab.tools import compare  # noqa: PLC0415
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    options = compare.CompareOptions(
+        rounds=args.rounds,
+        duration=args.duration,
+        warmup=args.warmup,
+        scenarios=compare.parse_list(args.scenarios, compare.SCENARIOS),
+        servers=None if args.servers == "all" else tuple(args.servers.split(",")),
+        bulk_total=args.bulk_total,
+        idle_conns=args.idle_conns,
+        startup_runs=args.startup_runs,
+        generator=args.generator,
+        cbench=args.cbench,
+        pin=not args.no_pin,
+        command="socketlab " + shlex.join(sys.argv[1:]),
+    )
+    try:
+        report = compare.run_compare(options, log)
+    except ConfigError as exc:
+        print(_("socketlab bench compare: {error}").format(error=exc), file=sys.stderr)
+        return EXIT_USAGE
+    except (SocketlabError, OSError) as exc:
+        print(_("socketlab bench compare: {error}").format(error=exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    print(compare.render_table(report))
+    if args.output != "-":
+        compare.write_markdown(report, args.output, None if args.chart == "-" else args.chart)
+        print(_("wrote {path}").format(path=args.output), file=sys.stderr)
+    if args.chart != "-" and compare.write_chart(report, args.chart):
+        print(_("wrote {path}").format(path=args.chart), file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_json(), f, indent=1)
+    return EXIT_OK if report.measurements else EXIT_FAILURE
