@@ -19,8 +19,8 @@ from typing import IO
 
 import pytest
 
-from tests.conftest import needs_ipv6
-from tests.helpers import cli_env
+from tests.conftest import HAS_IPV6, needs_ipv6
+from tests.helpers import cli_env, start_serve
 from tests.transports.test_tcp_client import (
     TcpServer,
     closing_server,
@@ -384,3 +384,16 @@ def test_trace_goes_to_stderr_and_leaves_stdout_to_the_answers(upper: TcpServer)
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"X\n"
         assert b"connect" in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("proto", "host"), [("tcp", "127.0.0.1"), ("udp", "127.0.0.1"), ("tcp", "::1")])
+def test_against_socketlab_serve_through_a_pipe(proto: str, host: str) -> None:
+    pytest.importorskip("socketlab.cli.serve", reason="`socketlab serve` is not written yet")
+    if ":" in host and not HAS_IPV6:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    lines = [f"{i} ação\n".encode() for i in range(100 if proto == "udp" else 20_000)]
+    with start_serve([proto, "--service", "upper", "--host", host, "--port", "0"]) as server:
+        result = run_client([proto, "localhost", str(server.port(proto))], b"".join(lines), timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [line.decode().strip().upper() for line in lines]
