@@ -38,7 +38,7 @@ from tests.helpers import LISTENING, cli_env
 from tests.models.server import read_line, running_server
 
 CLIENT_TIMEOUT = 10.0
-JSONL_KEYS = {"name", "fd", "args", "result", "seconds", "error", "time", "data"}
+JSONL_KEYS = {"name", "fd", "args", "result", "seconds", "error", "time", "data", "proto"}
 
 
 @pytest.mark.timeout(30)
@@ -189,7 +189,28 @@ def test_json_lines_have_stable_keys_and_keep_text_as_text() -> None:
         "error": None,
         "time": 1700000000.25,
         "data": "AÇÃO\n",
+        "proto": None,
     }
+
+
+@pytest.mark.timeout(30)
+def test_a_connected_udp_socket_is_explained_as_udp_and_flags_are_shown() -> None:
+    out = io.StringIO()
+    with (
+        running_server((Listener("udp", "upper", "127.0.0.1", 0),), model="threads") as server,
+        open_socket(socket.AF_INET, socket.SOCK_DGRAM, TextTracer(out)) as client,
+    ):
+        client.settimeout(CLIENT_TIMEOUT)
+        client.connect(server.address("udp"))
+        client.send(b"hi")
+        assert client.recv(100, socket.MSG_PEEK) == b"HI"
+        assert client.recv(100) == b"HI"
+    lines = out.getvalue().splitlines()
+    assert lines[1].endswith("fixes the destination of a datagram socket (UDP); nothing is sent")
+    assert lines[2].startswith("send(")
+    assert lines[2].endswith("sends one datagram to the connected destination (UDP)")
+    assert ", flags=MSG_PEEK) -> 2 bytes 'HI'" in lines[3]
+    assert "(TCP)" not in out.getvalue()
 
 
 def test_make_tracer_knows_text_and_jsonl_only() -> None:
@@ -230,6 +251,53 @@ def test_many_threads_tracing_at_once_write_whole_lines(fmt: str, parse: Callabl
     for line in lines:
         parse(line)
         assert re.fullmatch(r"(recv\(fd=\d, bufsize=\d+\) -> \d+ bytes.*)|(\{.*\})", line), line
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("proto", "expected"),
+    [
+        ("tcp", ["socket", "connect", "send", "recv", "close"]),
+        ("udp", ["socket", "send", "recv", "close"]),
+    ],
+)
+def test_the_socketlab_client_trace_is_the_lecture_diagram(proto: str, expected: list[str]) -> None:
+    """The real client, as a user runs it with --trace: the calls come in the diagram's order."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "socketlab", "client", "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=20,
+        check=False,
+    ).stdout
+    if "--trace-format" not in help_text:
+        pytest.skip("`socketlab client` has no --trace-format yet (cli/client.py not landed)")
+    with running_server((Listener(proto, "upper", "127.0.0.1", 0),), model="threads") as server:
+        port = server.address(proto)[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "socketlab", "client", proto, "127.0.0.1", str(port)),
+                *("--message", "ação", "--trace", "--trace-format", "jsonl"),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=20,
+            check=False,
+        )
+    assert (done.returncode, done.stdout) == (0, "AÇÃO\n"), done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert all(set(r) == JSONL_KEYS for r in records)
+    # send or sendall, recv or recvfrom: each step of the diagram, in order, whatever comes between.
+    names = [str(r["name"]).removesuffix("all").removesuffix("to").removesuffix("from") for r in records]
+    assert names[0] == "socket"
+    assert names[-1] == "close"
+    steps = iter(names)
+    assert all(step in steps for step in expected), names
+    sent = next(r for r in records if str(r["name"]).startswith("send"))
+    assert sent["data"].rstrip("\n") == "ação"
 
 
 # -- the same run under strace: what --trace reports is what the kernel saw --

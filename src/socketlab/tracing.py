@@ -50,6 +50,7 @@ class CallEvent:
     error: str | None = None  # strerror of a failed call, "timed out", "interrupted"
     data: bytes | None = None  # the first PREVIEW_BYTES of what was sent or received
     time: float = 0.0  # wall-clock time the call started (seconds since the epoch)
+    proto: str | None = None  # "tcp" (a stream socket) or "udp" (a datagram socket)
 
 
 class Tracer(Protocol):
@@ -96,6 +97,10 @@ def explanations() -> dict[str, str]:
         "sendall": _("sends bytes on a connection (TCP), all of them"),
         "recv": _("receives bytes on a connection (TCP)"),
         "recv-eof": _("0 bytes: the other side closed the connection (end of stream)"),
+        # A UDP socket may be connected too: connect() then sends nothing, it only fixes the address.
+        "connect/udp": _("fixes the destination of a datagram socket (UDP); nothing is sent"),
+        "send/udp": _("sends one datagram to the connected destination (UDP)"),
+        "recv/udp": _("receives one datagram from the connected destination (UDP)"),
         "sendto": _("sends bytes on a datagram socket (UDP)"),
         "recvfrom": _("receives bytes on a datagram socket (UDP)"),
         "shutdown": _("closes one direction of the connection; the other side reads end of stream"),
@@ -142,7 +147,9 @@ def format_event(event: CallEvent, explain: dict[str, str] | None = None) -> str
         line += "  [" + _("blocked {time}").format(time=_format_seconds(event.seconds)) + "]"
     if explain is not None:
         key = event.name
-        if key == "recv" and event.result == {"bytes": 0}:
+        if event.proto == "udp" and f"{key}/udp" in explain:
+            key = f"{key}/udp"
+        elif key == "recv" and event.result == {"bytes": 0}:
             key = "recv-eof"
         if key in explain:
             line += "  " + explain[key]
@@ -175,6 +182,7 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
         "error": event.error,
         "time": round(event.time, 6),
         "data": None if event.data is None else event.data.decode("utf-8", "backslashreplace"),
+        "proto": event.proto,
     }
 
 
@@ -233,6 +241,11 @@ if hasattr(socket, "IPPROTO_IPV6"):
     _OPTIONS[(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)] = "IPV6_V6ONLY"
 if hasattr(socket, "SO_REUSEPORT"):
     _OPTIONS[(socket.SOL_SOCKET, socket.SO_REUSEPORT)] = "SO_REUSEPORT"
+_MSG_FLAGS = tuple(
+    (getattr(socket, name), name)
+    for name in ("MSG_DONTWAIT", "MSG_PEEK", "MSG_WAITALL", "MSG_OOB", "MSG_NOSIGNAL", "MSG_TRUNC")
+    if hasattr(socket, name)
+)
 _SHUT = {socket.SHUT_RD: "SHUT_RD", socket.SHUT_WR: "SHUT_WR", socket.SHUT_RDWR: "SHUT_RDWR"}
 
 
@@ -244,6 +257,19 @@ class _Start:
     def __init__(self) -> None:
         self.wall = time.time()
         self.counter = time.perf_counter()
+
+
+def _with_flags(args: dict[str, Any], flags: int) -> dict[str, Any]:
+    """args, plus the MSG_* flags of a send or recv when there are any (MSG_DONTWAIT...)."""
+    if flags:
+        names = [name for value, name in _MSG_FLAGS if flags & value]
+        unknown = flags
+        for value, _name in _MSG_FLAGS:
+            unknown &= ~value
+        if unknown:
+            names.append(hex(unknown))
+        args["flags"] = "|".join(names)
+    return args
 
 
 def _reason(exc: BaseException) -> str:
@@ -310,7 +336,9 @@ class TracedSocket(socket.socket):
     ) -> None:
         seconds = time.perf_counter() - start.counter
         error = None if exc is None else _reason(exc)
-        self._tracer.on_call(CallEvent(name, fd, args, result, seconds, error, data, start.wall))
+        proto = "udp" if self.type == socket.SOCK_DGRAM else "tcp"
+        event = CallEvent(name, fd, args, result, seconds, error, data, start.wall, proto)
+        self._tracer.on_call(event)
 
     def _call(
         self,
@@ -374,7 +402,7 @@ class TracedSocket(socket.socket):
     def send(self, data: Buffer, flags: int = 0, /) -> int:
         sent: int = self._call(
             "send",
-            {"bytes": _nbytes(data)},
+            _with_flags({"bytes": _nbytes(data)}, flags),
             lambda: socket.socket.send(self, data, flags),
             result_of=lambda n: {"bytes": n},
             sent=_head(data),
@@ -385,7 +413,7 @@ class TracedSocket(socket.socket):
         n = _nbytes(data)
         self._call(
             "sendall",
-            {"bytes": n},
+            _with_flags({"bytes": n}, flags),
             lambda: socket.socket.sendall(self, data, flags),
             result_of=lambda _r: {"bytes": n},
             sent=_head(data),
@@ -398,7 +426,7 @@ class TracedSocket(socket.socket):
             flags = flags_or_address
         sent: int = self._call(
             "sendto",
-            {"bytes": _nbytes(data), "address": format_address(address)},
+            _with_flags({"bytes": _nbytes(data), "address": format_address(address)}, flags),
             lambda: socket.socket.sendto(self, data, flags, address),
             result_of=lambda n: {"bytes": n},
             sent=_head(data),
@@ -408,7 +436,7 @@ class TracedSocket(socket.socket):
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         data: bytes = self._call(
             "recv",
-            {"bufsize": bufsize},
+            _with_flags({"bufsize": bufsize}, flags),
             lambda: socket.socket.recv(self, bufsize, flags),
             result_of=lambda d: {"bytes": len(d)},
             data_of=lambda d: d[:PREVIEW_BYTES],
@@ -418,7 +446,7 @@ class TracedSocket(socket.socket):
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, _RetAddress]:
         value: tuple[bytes, _RetAddress] = self._call(
             "recvfrom",
-            {"bufsize": bufsize},
+            _with_flags({"bufsize": bufsize}, flags),
             lambda: socket.socket.recvfrom(self, bufsize, flags),
             result_of=lambda v: {"bytes": len(v[0]), "peer": format_address(v[1])},
             data_of=lambda v: v[0][:PREVIEW_BYTES],
