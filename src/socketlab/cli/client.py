@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANSWERED
-from socketlab.i18n import _
+from socketlab.i18n import _, ngettext
 
 if TYPE_CHECKING:
     from socketlab.tracing import Tracer
@@ -248,9 +248,11 @@ def _run_udp(args: argparse.Namespace, tracer: Tracer | None, out: _Output) -> i
             )
         else:
             _error(
-                _("request {n} lost: no answer after {attempts} attempts: {text!r}").format(
-                    n=number, attempts=result.attempts, text=shown
-                )
+                ngettext(
+                    "request {n} lost: no answer after {attempts} attempt: {text!r}",
+                    "request {n} lost: no answer after {attempts} attempts: {text!r}",
+                    result.attempts,
+                ).format(n=number, attempts=result.attempts, text=shown)
             )
     return EXIT_UNANSWERED if lost else EXIT_OK
 

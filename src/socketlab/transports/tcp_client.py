@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from socketlab.config import CONNECT_TIMEOUT, PIPELINE_WINDOW, READ_CHUNK, SECONDS, MiB
 from socketlab.core.framing import LineFramer
 from socketlab.errors import ConnectError, ConnectionLost
-from socketlab.i18n import _
+from socketlab.i18n import _, ngettext
 from socketlab.tracing import Tracer, open_socket
 
 # Ten seconds without a byte while answers are owed means the server is gone or will not answer; the
@@ -213,9 +213,11 @@ class Pipeline:
 
     def _lost(self, owed: int, what: str) -> ConnectionLost:
         return ConnectionLost(
-            _("connection lost: {what} ({owed} answers owed by {peer})").format(
-                what=what, owed=owed, peer=self.peer
-            )
+            ngettext(
+                "connection lost: {what} ({owed} answer owed by {peer})",
+                "connection lost: {what} ({owed} answers owed by {peer})",
+                owed,
+            ).format(what=what, owed=owed, peer=self.peer)
         )
 
     def answers(self) -> Iterator[list[bytes]]:
