@@ -969,16 +969,17 @@ def _run_all(report: CompareReport, defs: list[ServerDef], runner: Runner, log: 
                 )
             )
     for rnd in range(1, o.rounds + 1):
-        for defn in defs:
-            for proto in ("tcp", "udp"):
-                todo = [s for s in scen if _proto_of(s) == proto and s != "startup"]
-                if proto == "tcp" and not defn.idle_ok:
-                    todo = [s for s in todo if s != "idle"]
-                if not todo or proto not in defn.protos:
+        # Scenario by scenario, every server in turn: the reference and the others it is compared
+        # with are measured minutes apart at most, whatever else the machine is doing.
+        for scenario in scen:
+            if scenario == "startup":
+                _measure_startup(report, defs, rnd, runner, log)
+                continue
+            proto = _proto_of(scenario)
+            for defn in defs:
+                if proto not in defn.protos or (scenario == "idle" and not defn.idle_ok):
                     continue
-                _measure_server(report, defn, proto=proto, todo=todo, rnd=rnd, runner=runner, log=log)
-        if "startup" in scen:
-            _measure_startup(report, defs, rnd, runner, log)
+                _measure_server(report, defn, proto=proto, scenario=scenario, rnd=rnd, runner=runner, log=log)
     for defn in defs:
         for s in scen:
             if s != "startup" and _proto_of(s) not in defn.protos:
@@ -990,40 +991,39 @@ def _proto_of(scenario: str) -> str:
 
 
 def _measure_server(
-    report: CompareReport, defn: ServerDef, *, proto: str, todo: list[str], rnd: int, runner: Runner, log: Log
+    report: CompareReport, defn: ServerDef, *, proto: str, scenario: str, rnd: int, runner: Runner, log: Log
 ) -> None:
-    for scenario in todo:
-        # A fresh server for every measurement: one test's leftovers (memory, connections) must not
-        # weigh on the next.
-        try:
-            with running(defn, proto, runner.pin_server) as srv:
-                if scenario == "bulk":
-                    m = runner.bulk(defn.name, rnd, srv.port)
-                elif scenario == "idle":
-                    m = runner.idle(defn.name, rnd, srv)
-                else:
-                    m = runner.load(scenario, defn.name, rnd, srv.port)
-                if not srv.alive():
-                    m = Measurement(
-                        m.scenario,
-                        m.server,
-                        m.round,
-                        m.value,
-                        m.p50_us,
-                        m.p99_us,
-                        m.errors + 1,
-                        "server died",
-                    )
-        except (SocketlabError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
-            log(f"round {rnd} {scenario} {defn.name}: failed: {exc}")
-            report.skipped.append((f"{scenario}: {defn.label}, round {rnd}", f"failed: {exc}"))
-            continue
-        report.measurements.append(m)
-        unit = SCENARIO_INFO[scenario].unit
-        log(
-            f"round {rnd} {scenario:8} {defn.name:20} {_num(m.value):>10} {unit}"
-            + (f"  ({m.note})" if m.note else "")
-        )
+    # A fresh server for every measurement: one test's leftovers (memory, connections) must not
+    # weigh on the next.
+    try:
+        with running(defn, proto, runner.pin_server) as srv:
+            if scenario == "bulk":
+                m = runner.bulk(defn.name, rnd, srv.port)
+            elif scenario == "idle":
+                m = runner.idle(defn.name, rnd, srv)
+            else:
+                m = runner.load(scenario, defn.name, rnd, srv.port)
+            if not srv.alive():
+                m = Measurement(
+                    m.scenario,
+                    m.server,
+                    m.round,
+                    m.value,
+                    m.p50_us,
+                    m.p99_us,
+                    m.errors + 1,
+                    "server died",
+                )
+    except (SocketlabError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
+        log(f"round {rnd} {scenario} {defn.name}: failed: {exc}")
+        report.skipped.append((f"{scenario}: {defn.label}, round {rnd}", f"failed: {exc}"))
+        return
+    report.measurements.append(m)
+    unit = SCENARIO_INFO[scenario].unit
+    log(
+        f"round {rnd} {scenario:8} {defn.name:20} {_num(m.value):>10} {unit}"
+        + (f"  ({m.note})" if m.note else "")
+    )
 
 
 def _measure_startup(
