@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import subprocess
@@ -257,3 +258,35 @@ def test_ctrl_c_and_sigterm_stop_the_server_with_exit_code_0(model: str, sig: si
     assert proc.returncode == 0, out
     assert "exit 0" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_each_client_is_logged_coming_and_leaving_with_the_reason(
+    model: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="socketlab.models")
+    # Straight to the models' logger: the CLI, run in this process by other tests, stops
+    # "socketlab" records from propagating to the root logger where caplog listens.
+    models_log = logging.getLogger("socketlab.models")
+    models_log.addHandler(caplog.handler)
+    try:
+        peer = _send_a_line_too_long(model, caplog)
+    finally:
+        models_log.removeHandler(caplog.handler)
+    assert f"tcp upper: {peer} connected" in caplog.messages
+    assert f"tcp upper: {peer} left (line too long: over 10 bytes)" in caplog.messages
+
+
+def _send_a_line_too_long(model: str, caplog: pytest.LogCaptureFixture) -> str:
+    limits = Limits(max_line=10)
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model, limits=limits) as server,
+        connect(server.address()) as client,
+    ):
+        client.sendall(b"much too long for ten\n")
+        assert read_line(client) == b"ERR line too long\n"
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while "left" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return f"127.0.0.1:{client.getsockname()[1]}"

@@ -4,8 +4,8 @@
   client leaves, accept the next. A second client waits in the listen queue meanwhile.
 - `threads` (threads.py): one thread per client, each blocking in its own recv().
 
-A model is one function, `serve_listener(server, listening, service)`: how a listening TCP socket is
-served. Everything else is shared and lives here: binding, the per-connection loop (the sans-IO
+A model is one function, `serve_listener(server, endpoint)`: how a listening TCP socket is served.
+Everything else is shared and lives here: binding, the per-connection loop (the sans-IO
 `StreamSession` does the framing, so there is no second framer), UDP (a recvfrom/sendto loop in its
 own thread under every model, since UDP has no connections to be iterative or threaded about), and
 stopping. The asyncio server is the fast one; these exist so the system calls can be traced
@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
 from socketlab.tracing import Tracer, format_address, open_socket
 
-__all__ = ["MODELS", "BlockingServer", "run_blocking_server"]
+__all__ = ["MODELS", "BlockingServer", "Client", "Endpoint", "run_blocking_server"]
 
 MODELS = ("iterative", "threads")
 
@@ -70,8 +71,26 @@ class _Terminate(Exception):
     """SIGTERM, turned into an exception in the main thread so it unwinds like Ctrl-C."""
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One bound socket with what it serves; `label` names it in log lines ("tcp upper")."""
+
+    sock: socket.socket
+    service: Service
+    label: str
+
+
+@dataclass(frozen=True)
+class Client:
+    """One accepted connection."""
+
+    conn: socket.socket
+    peer: str  # "127.0.0.1:54012": the source port tells clients apart
+    endpoint: Endpoint
+
+
 class ServeListener(Protocol):
-    def __call__(self, server: BlockingServer, listening: socket.socket, service: Service) -> None: ...
+    def __call__(self, server: BlockingServer, endpoint: Endpoint) -> None: ...
 
 
 class BlockingServer:
@@ -89,16 +108,19 @@ class BlockingServer:
 
     # -- what the models call --
 
-    def accept(self, listening: socket.socket) -> tuple[socket.socket, str] | None:
+    def accept(self, endpoint: Endpoint) -> Client | None:
         """The next client, registered so that stopping can reach it; None once the server stops."""
         while not self.stop.is_set():
             try:
-                conn, address = listening.accept()
+                conn, address = endpoint.sock.accept()
             except OSError as exc:
                 if self.stop.is_set():
                     return None
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    logger.warning(_("cannot accept a client: {reason}").format(reason=exc.strerror))
+                    logger.warning(
+                        _("%(listener)s: cannot accept a client: %(reason)s"),
+                        {"listener": endpoint.label, "reason": exc.strerror},
+                    )
                     self.stop.wait(ACCEPT_RETRY_SECONDS)
                     continue
                 if exc.errno in ACCEPT_SKIP_ERRNOS:
@@ -106,21 +128,24 @@ class BlockingServer:
                 raise
             with self._lock:
                 if self.stop.is_set():
-                    # The wake-up connection of stop(), or a client that came too late.
+                    # The wake-up connection of _wake(), or a client that came too late.
                     conn.close()
                     return None
                 self._connections.add(conn)
-            peer = format_address(address)
-            logger.info(_("{peer} connected").format(peer=peer))
-            return conn, peer
+            client = Client(conn, format_address(address), endpoint)
+            logger.info(
+                _("%(listener)s: %(peer)s connected"), {"listener": endpoint.label, "peer": client.peer}
+            )
+            return client
         return None
 
-    def serve_stream(self, conn: socket.socket, peer: str, service: Service) -> None:
+    def serve_stream(self, client: Client) -> None:
         """Answer one client until it leaves, breaks a limit or stays idle too long; then close."""
-        session = StreamSession(service, self.limits.max_line)
+        conn, label = client.conn, client.endpoint.label
+        session = StreamSession(client.endpoint.service, self.limits.max_line)
         if self.limits.idle_timeout > 0:
             conn.settimeout(self.limits.idle_timeout)
-        outcome, detail = "left", ""
+        reason: str | None = None
         try:
             while True:
                 # One recv is not one message: a line may come in pieces, or many lines in one
@@ -130,37 +155,36 @@ class BlockingServer:
                     rest = session.end_of_input()
                     if rest:
                         conn.sendall(rest)
+                    if self.stop.is_set():
+                        reason = _("server shutting down")  # our shutdown(SHUT_RD) ended the recv
                     break
                 if self.config.verbose:
                     for line in split_lines(data):
-                        logger.info(" >> %r", line)
+                        logger.info(
+                            _("%(listener)s: %(peer)s >> %(line)r"),
+                            {"listener": label, "peer": client.peer, "line": line},
+                        )
                 answer = session.receive_data(data)
                 if answer:
                     # sendall, not send: send may write only part of the answer.
                     conn.sendall(answer)
                 if session.closing:
-                    outcome = "too long"
+                    reason = _("line too long: over {limit} bytes").format(limit=self.limits.max_line)
                     self._linger(conn)
                     break
         except TimeoutError:
-            outcome = "idle"
+            reason = _("idle for {seconds:g} s").format(seconds=self.limits.idle_timeout)
         except OSError as exc:
-            outcome, detail = "lost", exc.strerror or str(exc)
+            reason = exc.strerror or str(exc) or type(exc).__name__
         finally:
             with self._lock:
                 self._connections.discard(conn)
                 conn.close()
-        logger.info(self._farewell(peer, outcome, detail))
-
-    def _farewell(self, peer: str, outcome: str, detail: str) -> str:
-        if outcome == "too long":
-            return _("{peer}: line too long, closing").format(peer=peer)
-        if outcome == "idle":
-            seconds = self.limits.idle_timeout
-            return _("{peer}: idle for {seconds:g} s, closing").format(peer=peer, seconds=seconds)
-        if outcome == "lost":
-            return _("{peer}: connection lost ({reason})").format(peer=peer, reason=detail)
-        return _("{peer} left").format(peer=peer)
+        args = {"listener": label, "peer": client.peer, "reason": reason}
+        if reason is None:
+            logger.info(_("%(listener)s: %(peer)s left"), args)
+        else:
+            logger.info(_("%(listener)s: %(peer)s left (%(reason)s)"), args)
 
     def start_thread(self, target: Callable[..., None], *args: Any, name: str) -> None:
         """Run target(*args) in a new thread that stop() waits for; a crash there is logged."""
@@ -171,8 +195,9 @@ class BlockingServer:
 
     # -- shared by every model --
 
-    def serve_datagrams(self, sock: socket.socket, service: Service) -> None:
+    def serve_datagrams(self, endpoint: Endpoint) -> None:
         """UDP under every model: each datagram is one request, answered by one datagram."""
+        sock, service = endpoint.sock, endpoint.service
         while True:
             try:
                 # Decode only the bytes received: the Java UDPServer turns its whole 1024-byte
@@ -187,7 +212,10 @@ class BlockingServer:
             if self.stop.is_set():
                 return
             if self.config.verbose:
-                logger.info(" >> %r", data)
+                logger.info(
+                    _("%(listener)s: %(peer)s >> %(line)r"),
+                    {"listener": endpoint.label, "peer": format_address(address), "line": data},
+                )
             answer = service.answer_datagram(data)
             if answer is None:
                 continue
@@ -196,9 +224,8 @@ class BlockingServer:
             except OSError as exc:
                 # One client's unreachable address must not stop the service for everyone.
                 logger.warning(
-                    _("cannot answer {peer}: {reason}").format(
-                        peer=format_address(address), reason=exc.strerror
-                    )
+                    _("%(listener)s: cannot answer %(peer)s: %(reason)s"),
+                    {"listener": endpoint.label, "peer": format_address(address), "reason": exc.strerror},
                 )
 
     def run_listener(self, target: Callable[..., None], *args: Any) -> None:
@@ -364,12 +391,14 @@ def _load_model(model: str) -> ServeListener:
     return serve
 
 
-def _report_service_error(request: bytes, exc: BaseException) -> None:
-    logger.error(
-        _("the service failed on {request!r}: {error}").format(
-            request=request[:80], error=f"{type(exc).__name__}: {exc}"
+def _service_error_reporter(label: str) -> Callable[[bytes, BaseException], None]:
+    def report(request: bytes, exc: BaseException) -> None:
+        logger.error(
+            _("%(listener)s: the service failed on %(request)r: %(error)s"),
+            {"listener": label, "request": request, "error": f"{type(exc).__name__}: {exc}"},
         )
-    )
+
+    return report
 
 
 def run_blocking_server(
@@ -390,34 +419,35 @@ def run_blocking_server(
     serve_listener = _load_model(model)
     stop = stop if stop is not None else threading.Event()
     server = BlockingServer(config, tracer, stop)
-    services = [make_service(listener.service, _report_service_error) for listener in config.listeners]
-    bound: list[tuple[Listener, Service, socket.socket]] = []
+    labelled = []
+    for listener in config.listeners:
+        label = f"{listener.proto} {listener.service}"
+        labelled.append((listener, label, make_service(listener.service, _service_error_reporter(label))))
+    endpoints: list[tuple[Listener, Endpoint]] = []
     try:
-        for listener, service in zip(config.listeners, services, strict=True):
+        for listener, label, service in labelled:
             for sock in bind_listener(listener, tracer):
-                bound.append((listener, service, sock))
-        for listener, _service, sock in bound:
-            host, port = sock.getsockname()[:2]
+                endpoints.append((listener, Endpoint(sock, service, label)))
+        for listener, endpoint in endpoints:
+            host, port = endpoint.sock.getsockname()[:2]
             if on_listening is not None:
                 on_listening(listener.proto, listener.service, host, port)
-        return _serve_until_stopped(server, serve_listener, bound)
+        return _serve_until_stopped(server, serve_listener, endpoints)
     finally:
-        for _listener, _service, sock in bound:
-            sock.close()
+        for _listener, endpoint in endpoints:
+            endpoint.sock.close()
 
 
 def _serve_until_stopped(
-    server: BlockingServer,
-    serve_listener: ServeListener,
-    bound: list[tuple[Listener, Service, socket.socket]],
+    server: BlockingServer, serve_listener: ServeListener, endpoints: list[tuple[Listener, Endpoint]]
 ) -> int:
     listener_threads = []
-    for listener, service, sock in bound:
+    for listener, endpoint in endpoints:
         if listener.proto == "tcp":
-            args: tuple[Any, ...] = (serve_listener, server, sock, service)
+            args: tuple[Any, ...] = (serve_listener, server, endpoint)
         else:
-            args = (server.serve_datagrams, sock, service)
-        name = f"{listener.proto} {listener.service} {format_address(sock.getsockname())}"
+            args = (server.serve_datagrams, endpoint)
+        name = f"{endpoint.label} {format_address(endpoint.sock.getsockname())}"
         thread = threading.Thread(target=server.run_listener, args=args, name=name, daemon=True)
         listener_threads.append(thread)
     with _sigterm_raises():
@@ -428,9 +458,10 @@ def _serve_until_stopped(
                 pass
         except (KeyboardInterrupt, _Terminate):
             pass
+        logger.info(_("stopping: no new clients; answering what was received"))
         # A second signal while stopping: leave at once; the threads are daemons and die with us.
         with contextlib.suppress(KeyboardInterrupt, _Terminate):
-            _stop(server, listener_threads, [sock for _l, _s, sock in bound])
+            _stop(server, listener_threads, [endpoint.sock for _listener, endpoint in endpoints])
     return 1 if server.failed else 0
 
 

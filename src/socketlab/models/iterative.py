@@ -9,15 +9,12 @@ closes it: that is the lesson of this model.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from socketlab.core.services import Service
-    from socketlab.models import BlockingServer
+    from socketlab.models import BlockingServer, Endpoint
 
 
-def serve_listener(server: BlockingServer, listening: socket.socket, service: Service) -> None:
-    while (client := server.accept(listening)) is not None:
-        conn, peer = client
-        server.serve_stream(conn, peer, service)
+def serve_listener(server: BlockingServer, endpoint: Endpoint) -> None:
+    while (client := server.accept(endpoint)) is not None:
+        server.serve_stream(client)
