@@ -79,7 +79,7 @@ def start_serve(
     while len(server.listeners) < expect:
         left = deadline - time.monotonic()
         if left <= 0 or proc.poll() is not None:
-            server.stop()
+            server.__exit__(None, None, None)
             raise RuntimeError(f"server did not start: {server.output} {buf!r}")
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
