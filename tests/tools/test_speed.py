@@ -373,3 +373,17 @@ def test_cli_table_for_udp(socketlab_cmd: list[str]) -> None:
     assert "lost" in header
     assert "net.core.rmem_max" in proc.stdout or not LINUX
     assert "[1/1]" in proc.stderr  # --progress forces the progress line
+
+
+def test_a_chunk_sweep_also_plots_the_time_per_call(tmp_path: Path) -> None:
+    from socketlab.tools.speed.plot import PER_CALL, plot_speed  # noqa: PLC0415 - matplotlib only here
+
+    result = made_up_result("tcp")
+    result.points = [p for p in result.points if p.point.sndbuf == 4096]  # one buffer, two chunks
+    info = plot_speed(result, tmp_path / "chunks.png")
+    assert info.x_axis == "chunk"
+    assert list(info.panels) == ["throughput (MiB/s)", PER_CALL, "probe latency (ms)"]
+    calls = info.figure.axes[1]
+    (curve,) = [line for line in calls.get_lines() if line.get_marker() == "o"]
+    assert list(curve.get_xdata()) == [1024, 32768]
+    assert list(curve.get_ydata()) == pytest.approx([0.9 / 10 * 1e6] * 2)  # send_seconds / send_calls

@@ -6,6 +6,7 @@ state): import this module only when a plot is asked for.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from socketlab.tools.speed.model import PointResult, SpeedResult
 from socketlab.units import format_size
 
 MiB = 1024 * 1024
+PER_CALL = "time per send() call (µs)"
 # What the x axis can show, by the field of a Point that varies (both buffers at once: "buffer").
 AXES = {
     "buffer": "SO_SNDBUF = SO_RCVBUF asked (bytes)",
@@ -69,7 +71,12 @@ def plot_speed(result: SpeedResult, path: str | Path) -> PlotInfo:
     points = [p for p in result.points if p.runs]
     x_axis = choose_x_axis(points)
     udp = result.config.proto == "udp"
-    titles = ["throughput (MiB/s)", "probe latency (ms)"] + (["datagrams lost (%)"] if udp else [])
+    titles = ["throughput (MiB/s)", "probe latency (ms)"]
+    if x_axis == "chunk":
+        # What makes tiny chunks slow: each call costs about the same time, whatever it carries.
+        titles.insert(1, PER_CALL)
+    if udp:
+        titles.append("datagrams lost (%)")
     fig = Figure(figsize=(8, 3.2 * len(titles)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(titles), 1, sharex=True, squeeze=False)[:, 0]
@@ -102,8 +109,13 @@ def plot_speed(result: SpeedResult, path: str | Path) -> PlotInfo:
         ax.set_xscale("log", base=2)
         if not title.startswith("datagrams lost"):
             ax.set_yscale("log")
+            # Plain numbers (300, not 3×10²): a log axis spanning less than a decade labels minor ticks.
+            ax.yaxis.set_major_formatter(_plain)
+            ax.yaxis.set_minor_formatter(_minor_labels(ax))
+        else:
+            ax.set_ylim(bottom=0)
         ax.grid(True, which="both", alpha=0.3)
-        if limit is not None:
+        if limit is not None and limit[1] <= 2 * max(_all_x(points, x_axis), default=0):
             ax.axvline(limit[1], color="grey", linestyle=":", label=f"{limit[0]} = {format_size(limit[1])}")
         if info.panels[title]:
             ax.legend(fontsize="small")
@@ -114,10 +126,27 @@ def plot_speed(result: SpeedResult, path: str | Path) -> PlotInfo:
     c = result.config
     where = f"to {c.to[0]}:{c.to[1]}" if c.to else f"loopback {c.host}"
     extra = f", recv delay {c.recv_delay * 1e6:.0f} µs" if c.recv_delay else ""
-    rate = f", rate {c.rate.per_second:g} {c.rate.unit}/s" if c.rate else ""
-    fig.suptitle(f"socketlab speed: {c.proto} {where}, {c.duration:g} s x {c.repeat}{rate}{extra}")
+    rate = f", {c.rate.per_second:g} {c.rate.unit}/s" if c.rate else ""
+    fig.suptitle(
+        f"socketlab speed: {c.proto} {where}, {c.duration:g} s x {c.repeat}{rate}{extra}", fontsize="medium"
+    )
     fig.savefig(path, format="png", dpi=100)
     return info
+
+
+@FuncFormatter
+def _plain(value: float, _pos: int | None) -> str:
+    return f"{value:g}"
+
+
+def _minor_labels(ax: Any) -> FuncFormatter:
+    """Label minor ticks only when the axis spans less than a decade (else it has major ones)."""
+
+    def label(value: float, _pos: int | None) -> str:
+        low, high = ax.get_ylim()
+        return f"{value:g}" if low > 0 and high / low < 10 else ""
+
+    return FuncFormatter(label)
 
 
 def _y(p: PointResult, title: str) -> tuple[float, float, float] | None:
@@ -129,15 +158,20 @@ def _y(p: PointResult, title: str) -> tuple[float, float, float] | None:
         lat = p.probe_latency
         # The bar spans the median to the 90th percentile: the spread of the probes, not of the runs.
         return None if lat is None else (lat["median"] * 1e3, lat["median"] * 1e3, lat["p90"] * 1e3)
-    ratios = [
-        100 * r.udp.lost / r.udp.sent
-        for r in p.runs
-        if r.udp is not None and r.udp.lost is not None and r.udp.sent
-    ]
-    if not ratios:
+    if title == PER_CALL:
+        values = [1e6 * r.send_seconds / r.send_calls for r in p.runs if r.send_calls]
+    else:
+        values = [
+            100 * r.udp.lost / r.udp.sent for r in p.runs if r.udp and r.udp.lost is not None and r.udp.sent
+        ]
+    if not values:
         return None
-    ratios.sort()
-    return ratios[len(ratios) // 2], ratios[0], ratios[-1]
+    values.sort()
+    return statistics.median(values), values[0], values[-1]
+
+
+def _all_x(points: Sequence[PointResult], x_axis: str) -> list[int]:
+    return [x for x in _values(points, x_axis) if x is not None]
 
 
 def _series(
