@@ -16,6 +16,7 @@ from socketlab.core.session import StreamSession
 class Verdict(enum.Enum):
     EXACT = "exact"  # byte for byte what the core answers
     SAME_LINES = "same-lines"  # the same lines, another terminator (LF for CR LF)
+    UNTERMINATED = "unterminated"  # the right text, but the last line has no terminator
     NOTHING = "nothing"  # no byte at all
     TRUNCATED = "truncated"  # a proper prefix of the expected answer
     EXTRA_LINES = "extra-lines"  # more lines than expected: a line answered in pieces
@@ -70,11 +71,17 @@ def judge_stream(
         return Verdict.NOTHING
     got = lines_of(received)
     if framed and got == lines_of(expected):
-        return Verdict.SAME_LINES
+        if received.endswith(b"\n") == expected.endswith(b"\n"):
+            return Verdict.SAME_LINES
+        return Verdict.UNTERMINATED
     for verdict, form in variants:
         if form is not None and form != expected and (received == form or (framed and got == lines_of(form))):
             return verdict
     if expected.startswith(received):
+        # Whole lines and then nothing: lines went unanswered (one line per connection, say), which
+        # is not the cut-off answer of an ignored send() result.
+        if framed and received.endswith(b"\n"):
+            return Verdict.FEWER_LINES
         return Verdict.TRUNCATED
     if framed:
         want = lines_of(expected)
