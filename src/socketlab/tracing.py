@@ -105,6 +105,8 @@ def explanations() -> dict[str, str]:
         "recvfrom": _("receives bytes on a datagram socket (UDP)"),
         "shutdown": _("closes one direction of the connection; the other side reads end of stream"),
         "close": _("asks to close the socket (always unilateral)"),
+        # Not a call on one socket: the selectors model's wait on all of them (epoll, kqueue...).
+        "select": _("waits until some socket can be read or written: one thread serves every client"),
     }
 
 
@@ -128,7 +130,7 @@ def _format_data(data: bytes) -> str:
 
 def format_event(event: CallEvent, explain: dict[str, str] | None = None) -> str:
     """One line for people: call(args) -> result  [blocked t]  explanation."""
-    parts = [] if event.name == "socket" else [f"fd={event.fd}"]
+    parts = [] if event.name == "socket" or event.fd < 0 else [f"fd={event.fd}"]
     for key, value in event.args.items():
         parts.append(_("{n} bytes").format(n=value) if key == "bytes" else f"{key}={value}")
     if event.data is not None and event.name.startswith("send"):

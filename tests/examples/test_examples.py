@@ -197,7 +197,7 @@ def socketlab_server(kind: str, proto: str, service: str) -> Iterator[int]:
         yield server.address(proto)[1]
 
 
-SERVERS = ["iterative", "threads", "serve"]
+SERVERS = ["iterative", "threads", "selectors", "serve"]
 
 
 @pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""The blocking teaching models (iterative, threads) with real clients on loopback sockets."""
+"""The teaching models (iterative, threads, selectors) with real clients on loopback sockets."""
 
 from __future__ import annotations
 
@@ -96,9 +96,10 @@ def test_iterative_makes_a_second_client_wait_while_the_first_stays_connected() 
 
 
 @pytest.mark.timeout(30)
-def test_threads_answer_a_second_client_while_the_first_stays_connected() -> None:
+@pytest.mark.parametrize("model", ["threads", "selectors"])
+def test_a_second_client_is_answered_at_once_while_the_first_stays_connected(model: str) -> None:
     with (
-        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model="threads") as server,
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model) as server,
         connect(server.address()) as first,
         connect(server.address()) as second,
     ):
@@ -280,13 +281,67 @@ def test_each_client_is_logged_coming_and_leaving_with_the_reason(
 
 def _send_a_line_too_long(model: str, caplog: pytest.LogCaptureFixture) -> str:
     limits = Limits(max_line=10)
-    with (
-        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model, limits=limits) as server,
-        connect(server.address()) as client,
-    ):
-        client.sendall(b"much too long for ten\n")
-        assert read_line(client) == b"ERR line too long\n"
+    listener = Listener("tcp", "upper", "127.0.0.1", 0)
+    with running_server((listener,), model=model, limits=limits) as server:
+        with connect(server.address()) as client:
+            client.sendall(b"much too long for ten\n")
+            assert read_line(client) == b"ERR line too long\n"
+            peer = f"127.0.0.1:{client.getsockname()[1]}"
         deadline = time.monotonic() + CLIENT_TIMEOUT
         while "left" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)
-        return f"127.0.0.1:{client.getsockname()[1]}"
+    return peer
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_client_that_does_not_read_stops_being_read_and_loses_nothing(model: str) -> None:
+    """Backpressure: the server stops reading a client that does not read its answers."""
+    line = b"x" * 1023 + b"\n"
+    chunk = line * 64
+    sent = 0
+    with (
+        running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model) as server,
+        connect(server.address()) as client,
+    ):
+        client.settimeout(NOT_ANSWERED_WAIT)
+        # Bounded: far more than every socket buffer on the way can hold (a few MiB each).
+        while sent < 256 * 1024 * 1024:
+            try:
+                sent += client.send(chunk[sent % len(chunk) :])
+            except TimeoutError:
+                break  # the server stopped reading: everything on the way is full
+        else:
+            pytest.fail("the server kept reading from a client that reads nothing")
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(CLIENT_TIMEOUT)
+        received = 0
+        while chunk_back := client.recv(1024 * 1024):
+            assert chunk_back.strip(b"X\n") == b""
+            received += len(chunk_back)
+    assert received == sent
+
+
+@pytest.mark.timeout(30)
+def test_the_selectors_model_waits_in_select_and_then_calls_return_at_once() -> None:
+    tracer = RecordingTracer()
+    with (
+        running_server(
+            (Listener("tcp", "upper", "127.0.0.1", 0),), model="selectors", tracer=tracer
+        ) as server,
+        connect(server.address()) as first,
+        connect(server.address()) as second,
+    ):
+        first.sendall(b"one\n")
+        assert read_line(first) == b"ONE\n"
+        second.sendall(b"two\n")
+        assert read_line(second) == b"TWO\n"
+    names = tracer.names
+    assert names.count("accept") >= 2
+    # Every accept and recv comes right after a select said its socket was ready.
+    for index, event in enumerate(tracer.events):
+        if event.name in ("accept", "recv") and event.error is None:
+            previous = [e for e in tracer.events[:index] if e.name == "select"]
+            assert previous, names
+            assert previous[-1].result is not None
+            assert event.fd in previous[-1].result["ready"] or event.name == "accept"

@@ -3,6 +3,8 @@
 - `iterative` (iterative.py): one client at a time, as the slides' TCPServer: accept, serve until the
   client leaves, accept the next. A second client waits in the listen queue meanwhile.
 - `threads` (threads.py): one thread per client, each blocking in its own recv().
+- `selectors` (selectors.py): one thread for every client, waiting in select() for whichever is
+  ready; non-blocking calls. What asyncio does underneath.
 
 A model is one function, `serve_listener(server, endpoint)`: how a listening TCP socket is served.
 Everything else is shared and lives here: binding, the per-connection loop (the sans-IO
@@ -38,7 +40,7 @@ from socketlab.tracing import Tracer, format_address, open_socket
 
 __all__ = ["MODELS", "BlockingServer", "Client", "Endpoint", "run_blocking_server"]
 
-MODELS = ("iterative", "threads")
+MODELS = ("iterative", "threads", "selectors")
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class BlockingServer:
     def __init__(self, config: ServerConfig, tracer: Tracer | None, stop: threading.Event) -> None:
         self.config = config
         self.limits: Limits = config.limits
-        self.tracer = tracer
+        self.tracer = tracer  # for waits a model makes outside socket calls (the selectors model)
         self.stop = stop
         self.failed = False
         self._lock = threading.Lock()
@@ -117,31 +119,54 @@ class BlockingServer:
                 if self.stop.is_set():
                     return None
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    logger.warning(
-                        _("%(listener)s: cannot accept a client: %(reason)s"),
-                        {"listener": endpoint.label, "reason": exc.strerror},
-                    )
+                    self.accept_failed(endpoint, exc)
                     self.stop.wait(ACCEPT_RETRY_SECONDS)
                     continue
                 if exc.errno in ACCEPT_SKIP_ERRNOS:
                     continue
                 raise
-            with self._lock:
-                if self.stop.is_set():
-                    # The wake-up connection of _wake(), or a client that came too late.
-                    conn.close()
-                    return None
-                self._connections.add(conn)
-            client = Client(conn, format_address(address), endpoint)
-            logger.info(
-                _("%(listener)s: %(peer)s connected"), {"listener": endpoint.label, "peer": client.peer}
-            )
-            return client
+            client = self._admit(endpoint, conn, address)
+            if client is not None:
+                return client
         return None
+
+    def accept_nowait(self, endpoint: Endpoint) -> Client | None:
+        """A client already waiting on a non-blocking listening socket, or None.
+
+        Raises OSError when the system is out of file descriptors (ACCEPT_CAPACITY_ERRNOS).
+        """
+        if self.stop.is_set():
+            return None
+        try:
+            conn, address = endpoint.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in ACCEPT_SKIP_ERRNOS:
+                return None
+            raise
+        return self._admit(endpoint, conn, address)
+
+    def accept_failed(self, endpoint: Endpoint, exc: OSError) -> None:
+        logger.warning(
+            _("%(listener)s: cannot accept a client: %(reason)s"),
+            {"listener": endpoint.label, "reason": exc.strerror},
+        )
+
+    def _admit(self, endpoint: Endpoint, conn: socket.socket, address: Any) -> Client | None:
+        with self._lock:
+            if self.stop.is_set():
+                # The wake-up connection of _wake(), or a client that came too late.
+                conn.close()
+                return None
+            self._connections.add(conn)
+        client = Client(conn, format_address(address), endpoint)
+        logger.info(_("%(listener)s: %(peer)s connected"), {"listener": endpoint.label, "peer": client.peer})
+        return client
 
     def serve_stream(self, client: Client) -> None:
         """Answer one client until it leaves, breaks a limit or stays idle too long; then close."""
-        conn, label = client.conn, client.endpoint.label
+        conn = client.conn
         session = StreamSession(client.endpoint.service, self.limits.max_line)
         if self.limits.idle_timeout > 0:
             conn.settimeout(self.limits.idle_timeout)
@@ -155,36 +180,52 @@ class BlockingServer:
                     rest = session.end_of_input()
                     if rest:
                         conn.sendall(rest)
-                    if self.stop.is_set():
-                        reason = _("server shutting down")  # our shutdown(SHUT_RD) ended the recv
+                    reason = self.eof_reason()
                     break
-                if self.config.verbose:
-                    for line in split_lines(data):
-                        logger.info(
-                            _("%(listener)s: %(peer)s >> %(line)r"),
-                            {"listener": label, "peer": client.peer, "line": line},
-                        )
+                self.log_received(client, data)
                 answer = session.receive_data(data)
                 if answer:
                     # sendall, not send: send may write only part of the answer.
                     conn.sendall(answer)
                 if session.closing:
-                    reason = _("line too long: over {limit} bytes").format(limit=self.limits.max_line)
+                    reason = self.too_long_reason()
                     self._linger(conn)
                     break
         except TimeoutError:
-            reason = _("idle for {seconds:g} s").format(seconds=self.limits.idle_timeout)
+            reason = self.idle_reason()
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
         finally:
-            with self._lock:
-                self._connections.discard(conn)
-                conn.close()
-        args = {"listener": label, "peer": client.peer, "reason": reason}
+            self.release(client, reason)
+
+    def release(self, client: Client, reason: str | None) -> None:
+        """Close a client's connection and log why it ended (None: the client left)."""
+        with self._lock:
+            self._connections.discard(client.conn)
+            client.conn.close()
+        args = {"listener": client.endpoint.label, "peer": client.peer, "reason": reason}
         if reason is None:
             logger.info(_("%(listener)s: %(peer)s left"), args)
         else:
             logger.info(_("%(listener)s: %(peer)s left (%(reason)s)"), args)
+
+    def log_received(self, client: Client, data: bytes) -> None:
+        if self.config.verbose:
+            for line in split_lines(data):
+                logger.info(
+                    _("%(listener)s: %(peer)s >> %(line)r"),
+                    {"listener": client.endpoint.label, "peer": client.peer, "line": line},
+                )
+
+    def eof_reason(self) -> str | None:
+        # After stop, the end of input is our own shutdown(SHUT_RD), not the client leaving.
+        return _("server shutting down") if self.stop.is_set() else None
+
+    def too_long_reason(self) -> str:
+        return _("line too long: over {limit} bytes").format(limit=self.limits.max_line)
+
+    def idle_reason(self) -> str:
+        return _("idle for {seconds:g} s").format(seconds=self.limits.idle_timeout)
 
     def start_thread(self, target: Callable[..., None], *args: Any, name: str) -> None:
         """Run target(*args) in a new thread that stop() waits for; a crash there is logged."""
