@@ -14,7 +14,7 @@ import pytest
 
 from socketlab.config import Limits, Listener, ServerConfig
 from socketlab.errors import BindError, ConfigError
-from socketlab.models import MODELS, run_blocking_server
+from socketlab.models import MODELS, bind_addresses, run_blocking_server
 from socketlab.tracing import RecordingTracer
 from tests.conftest import needs_ipv6
 from tests.helpers import LISTENING, cli_env
@@ -345,3 +345,22 @@ def test_the_selectors_model_waits_in_select_and_then_calls_return_at_once() -> 
             assert previous, names
             assert previous[-1].result is not None
             assert event.fd in previous[-1].result["ready"] or event.name == "accept"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_user_function_that_fails_answers_that_line_with_an_error_and_goes_on(model: str) -> None:
+    listener = Listener("tcp", "tests.models.user_functions:fragile", "127.0.0.1", 0)
+    with running_server((listener,), model=model) as server, connect(server.address()) as client:
+        client.sendall(b"one\nboom\r\nthree\n")
+        assert read_lines(client, 3) == b"ONE\nERR ValueError: boom\r\nTHREE\n"
+
+
+def test_every_interface_means_ipv4_and_ipv6_side_by_side() -> None:
+    everywhere = Listener("tcp", "upper", None, 6789)
+    expected = [(socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        expected.append((socket.AF_INET6, "::"))
+    assert list(bind_addresses(everywhere, socket.SOCK_STREAM)) == expected
+    loopback = Listener("udp", "upper", "127.0.0.1", 0)
+    assert list(bind_addresses(loopback, socket.SOCK_DGRAM)) == [(socket.AF_INET, "127.0.0.1")]

@@ -331,7 +331,7 @@ def _wake(sock: socket.socket) -> None:
             waker.sendto(b"", (host, port))
 
 
-def _bind_addresses(listener: Listener, kind: int) -> Iterator[tuple[int, str]]:
+def bind_addresses(listener: Listener, kind: int) -> Iterator[tuple[int, str]]:
     """(family, host) pairs to bind for one listener, the preferred first."""
     if listener.host is None:
         # The lecture's bind(('', port)): every interface. "::" with IPV6_V6ONLY beside "0.0.0.0"
@@ -385,7 +385,7 @@ def bind_listener(listener: Listener, tracer: Tracer | None) -> list[socket.sock
     if listener.proto not in ("tcp", "udp"):
         raise ConfigError(_("unknown protocol {proto!r}: use tcp or udp").format(proto=listener.proto))
     kind = socket.SOCK_STREAM if listener.proto == "tcp" else socket.SOCK_DGRAM
-    addresses = list(_bind_addresses(listener, kind))
+    addresses = list(bind_addresses(listener, kind))
     for attempt in range(PORT_PAIR_ATTEMPTS):
         bound: list[socket.socket] = []
         port = listener.port
