@@ -1,0 +1,294 @@
+"""`socketlab serve`: the lecture's servers, as one command.
+
+With no arguments it runs the lecture's whole system (TCP upper 6789, UDP upper 9876, TCP ack 9898);
+`socketlab serve tcp|udp --service NAME [--host H] [--port P]` runs one listener. These forms are part
+of the interface. Each listener is announced on standard output, flushed at once, as
+`tcp upper listening on 127.0.0.1:43567` (tests and scripts parse that line); log lines go to standard
+error. The server code is imported inside the handler, so other commands do not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import textwrap
+from typing import Any
+
+from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from socketlab.config import (
+    GRACE,
+    IDLE_TIMEOUT,
+    MAX_LINE,
+    TCP_UPPER_PORT,
+    UDP_UPPER_PORT,
+    Limits,
+    Listener,
+    ServerConfig,
+    lecture_listeners,
+)
+from socketlab.errors import BindError, ConfigError
+from socketlab.i18n import _
+
+MODELS = ("asyncio", "iterative", "threads")
+LOOPS = ("auto", "asyncio", "uvloop")
+PROG = "socketlab serve"
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)(?:i?[bB])?\s*$")
+_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes: `16384`, `16K`, `16KiB`, `1M` (K and M are powers of 1024, as for buffers)."""
+    m = _SIZE.match(text)
+    value = int(m[1]) * _UNITS[m[2].lower()] if m else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            _("not a size in bytes (like 16384, 16K or 1M): {text!r}").format(text=text)
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(_("not a number of seconds (0 or more): {text!r}").format(text=text))
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(
+            _("not a port number (0-65535, 0 picks a free one): {text!r}").format(text=text)
+        )
+    return port
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills paragraphs to the terminal's width but keeps indented lines (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for para in text.split("\n\n"):
+            if any(line.startswith("  ") for line in para.splitlines()):
+                paragraphs.append(textwrap.indent(para, indent))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(para.split()), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+        return "\n\n".join(paragraphs)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help=_("run the lecture's servers (TCP and UDP upper, TCP ack), or one server of your choice"),
+        description=_(
+            "Run line servers. With no arguments: the lecture's whole system, TCP upper on port "
+            "{tcp}, UDP upper on {udp} and TCP ack on 9898, on every interface (IPv4 and IPv6). "
+            "With tcp or udp: one listener. Each listener prints one line saying where it listens; "
+            "each client connecting and leaving is logged on standard error (each line too, with -v). "
+            "Ctrl-C or SIGTERM stops it after answering what was received."
+        ).format(tcp=TCP_UPPER_PORT, udp=UDP_UPPER_PORT),
+        epilog=_(
+            "examples:\n"
+            "  socketlab serve                                 the lecture's system\n"
+            "  socketlab serve tcp --service upper --port 0    one TCP server on a free port\n"
+            "  socketlab serve udp --service echo --host ::1 --port 7007\n"
+            "  socketlab serve tcp --service mymodule:shout    your own str -> str function, per line\n"
+            "  socketlab serve tcp --model threads --trace     a blocking server, each socket call shown\n"
+            "\n"
+            "exit codes: 0 stopped by Ctrl-C or SIGTERM; 1 could not listen (port busy, permission "
+            "denied); 2 usage error; 130 stopped by a second Ctrl-C before every client was done."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "proto",
+        nargs="?",
+        choices=("tcp", "udp"),
+        help=_("run one listener of this protocol (default: the lecture's three listeners)"),
+    )
+    parser.add_argument(
+        "-s",
+        "--service",
+        metavar="NAME",
+        help=_(
+            "upper, echo, ack, discard, or package.module:function, a function from str to str "
+            "applied to each line (default: upper; needs tcp or udp)"
+        ),
+    )
+    parser.add_argument(
+        "--host",
+        help=_("address or name to listen on (default: every interface, IPv4 and IPv6)"),
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        help=_(
+            "port to listen on, 0 for any free port (default: tcp {tcp}, udp {udp}; needs tcp or udp)"
+        ).format(tcp=TCP_UPPER_PORT, udp=UDP_UPPER_PORT),
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help=_("also log each line received, with its sender")
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help=_("event loop: uvloop is faster, asyncio runs everywhere (default: auto, uvloop if installed)"),
+    )
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=GRACE,
+        metavar="SECONDS",
+        help=_("after Ctrl-C, how long clients get to collect their answers (default: %(default)g)"),
+    )
+    parser.add_argument(
+        "--max-line",
+        type=parse_size,
+        default=MAX_LINE,
+        metavar="SIZE",
+        help=_(
+            "longest line accepted, in bytes (16K, 1M...); a longer one is answered "
+            "'ERR line too long' and the connection closed (default: 16K, as Twisted and h11)"
+        ),
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=_("close TCP clients silent this long, 0 for never (default: %(default)g)"),
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="asyncio",
+        help=_(
+            "how clients are served: asyncio (the fast one), or the teaching models iterative "
+            "(one client at a time, as the slides) and threads (one thread per client) (default: asyncio)"
+        ),
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help=_("show each socket system call as it happens (needs --model iterative or threads)"),
+    )
+    parser.add_argument(
+        "--trace-format",
+        choices=("text", "jsonl"),
+        default="text",
+        help=_("how --trace writes calls on standard error: text for people, jsonl for programs"),
+    )
+    parser.set_defaults(func=handle)
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together."""
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    """The server configuration the arguments ask for (no I/O: tests call this directly)."""
+    if args.proto is None:
+        if args.service is not None or args.port is not None:
+            raise UsageError(_("--service and --port need tcp or udp (e.g. socketlab serve tcp --port 0)"))
+        listeners = lecture_listeners(args.host)
+    else:
+        service = args.service or "upper"
+        port = args.port
+        if port is None:
+            port = _lecture_port(args.proto, service, args.host)
+        listeners = (Listener(args.proto, service, args.host, port),)
+    limits = Limits(max_line=args.max_line, idle_timeout=args.idle_timeout)
+    return ServerConfig(
+        listeners=listeners, limits=limits, loop=args.loop, grace=args.grace, verbose=args.verbose
+    )
+
+
+def _lecture_port(proto: str, service: str, host: str | None) -> int:
+    # The port the lecture uses for this protocol and service, else the lecture's port for the protocol.
+    for listener in lecture_listeners(host):
+        if listener.proto == proto and listener.service == service:
+            return listener.port
+    return TCP_UPPER_PORT if proto == "tcp" else UDP_UPPER_PORT
+
+
+def print_listening(proto: str, service: str, host: str, port: int) -> None:
+    """The line that announces a listener: part of the interface (see tests/helpers.py LISTENING)."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    print(
+        _("{proto} {service} listening on {address}").format(proto=proto, service=service, address=address),
+        flush=True,
+    )
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log lines (clients coming and going, -v lines) to standard error, with the time."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log = logging.getLogger("socketlab")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args)
+    except UsageError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    if args.trace and args.model == "asyncio":
+        _fail(
+            _(
+                "--trace needs a blocking model: add --model iterative or --model threads. The asyncio "
+                "server's socket calls are made by the event loop itself, inside uvloop or asyncio, "
+                "where they cannot be observed one by one."
+            )
+        )
+        return EXIT_USAGE
+    configure_logging(args.verbose)
+    try:
+        if args.model != "asyncio":
+            return _run_blocking(config, args)
+        from socketlab.transports.server import run_server  # noqa: PLC0415 - start-up time
+
+        result = run_server(config, on_listening=print_listening)
+    except BindError as exc:
+        _fail(str(exc))
+        return EXIT_FAILURE
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C before the server was ready to catch it (while importing or binding).
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.forced else EXIT_OK
+
+
+def _run_blocking(config: ServerConfig, args: argparse.Namespace) -> int:
+    from socketlab.models import run_blocking_server  # noqa: PLC0415 - start-up time
+
+    tracer = None
+    if args.trace:
+        from socketlab.tracing import make_tracer  # noqa: PLC0415
+
+        tracer = make_tracer(args.trace_format, sys.stderr)
+    return run_blocking_server(config, model=args.model, tracer=tracer, on_listening=print_listening)
