@@ -252,7 +252,7 @@ def run_checks(
                 outcome = unreachable_outcome(ctx, exc)
                 if not ctx.reached:
                     # Nothing ever answered: every other check would only wait and say the same.
-                    abandoned = _("Not run: the server could not be reached ({reason}).").format(
+                    abandoned = _("Not run: the server could not be reached: {reason}.").format(
                         reason=exc.reason
                     )
         result = CheckResult(
@@ -275,13 +275,15 @@ def unreachable_outcome(ctx: Context, exc: ProbeError) -> Outcome:
     """The result of a check that could not reach the server at all."""
     if ctx.reached:
         explanation = _(
-            "{reason}. The server answered earlier in this run (last in check {check}), so it has "
-            "probably crashed or stopped accepting clients: look for an exception in its console."
+            "Could not reach the server: {reason}. It answered earlier in this run (last in check "
+            "{check}), so it has probably crashed or stopped accepting clients: look for an "
+            "exception in its console."
         ).format(reason=exc.reason, check=ctx.last_reached)
         fix = _("Fix the crash that the check before this one triggered, then run the checker again.")
     else:
-        explanation = _("{reason}. Is the server running, on this host and port, with this protocol?").format(
-            reason=exc.reason
-        )
+        explanation = _(
+            "Could not reach the server: {reason}. Is it running, on this host and port, with this protocol?"
+        ).format(reason=exc.reason)
         fix = _("Start the server first; check the host, the port and tcp/udp.")
-    return Outcome(Status.FAIL, _("(connection attempt)"), _("nothing"), explanation, fix)
+    sent = _("a connection request") if ctx.proto == "tcp" else _("a datagram")
+    return Outcome(Status.FAIL, sent, _("nothing"), explanation, fix)

@@ -25,6 +25,7 @@ from socketlab.tools.check.answers import (
     show,
 )
 from socketlab.tools.check.probe import (
+    MAX_READ,
     Deadline,
     ProbeError,
     Reading,
@@ -662,15 +663,14 @@ def _service_client(sel: selectors.BaseSelector, client: _Client, mask: int) -> 
         _finish(sel, client)
         return
     client.data += chunk
-    if client.data.count(b"\n") >= client.expected.count(b"\n") and len(client.data) >= len(client.expected):
+    if len(client.data) > MAX_READ:
+        client.problem = "wrong"
+        _finish(sel, client)
+        return
+    if client.data.count(b"\n") >= client.expected.count(b"\n"):
         verdict = judge_stream(client.expected, client.data, framed=True)
         if verdict not in (Verdict.EXACT, Verdict.SAME_LINES):
             client.problem = "wrong"
-        _finish(sel, client)
-    elif not client.expected.startswith(client.data) and client.data.count(b"\n") >= client.expected.count(
-        b"\n"
-    ):
-        client.problem = "wrong"
         _finish(sel, client)
 
 
