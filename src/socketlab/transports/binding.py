@@ -113,11 +113,18 @@ def open_listening_sockets(proto: str, host: str | None, port: int) -> list[sock
     cannot be had (an IPv6 that the machine lacks is skipped when `host` is None).
     """
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    addresses = listen_addresses(host, kind)
+    return bind_addresses(proto, listen_addresses(host, kind), port, ipv6_optional=host is None)
+
+
+def bind_addresses(
+    proto: str, addresses: list[Address], port: int, *, ipv6_optional: bool = False
+) -> list[socket.socket]:
+    """One socket per address, all on `port` (with 0, the port the first one got). See above."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     attempts = PORT_ATTEMPTS if port == 0 and len(addresses) > 1 else 1
     for _attempt in range(attempts):
         try:
-            return _bind_all(proto, kind, addresses, port, ipv6_optional=host is None)
+            return _bind_all(proto, kind, addresses, port, ipv6_optional=ipv6_optional)
         except _PortTaken:
             continue
     raise BindError(
