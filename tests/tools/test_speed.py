@@ -32,7 +32,7 @@ from socketlab.tools.speed import (
 )
 from socketlab.tools.speed.ends import UDP_HEADER
 from socketlab.units import Rate
-from tests.helpers import cli_env
+from tests.helpers import cli_env, start_serve
 
 LINUX = sys.platform.startswith("linux")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -387,3 +387,39 @@ def test_a_chunk_sweep_also_plots_the_time_per_call(tmp_path: Path) -> None:
     (curve,) = [line for line in calls.get_lines() if line.get_marker() == "o"]
     assert list(curve.get_xdata()) == [1024, 32768]
     assert list(curve.get_ydata()) == pytest.approx([0.9 / 10 * 1e6] * 2)  # send_seconds / send_calls
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_against_socketlab_serve_discard(proto: str) -> None:
+    with start_serve([proto, "--service", "discard", "--host", "127.0.0.1", "--port", "0"]) as server:
+        points = make_points(proto, [64 * 1024], [None], [1024])
+        config = SpeedConfig(
+            points=points,
+            proto=proto,
+            duration=0.1,
+            rate=Rate(5000, "datagrams") if proto == "udp" else None,
+            to=("127.0.0.1", server.port(proto)),
+        )
+        (run,) = run_speed(config).points[0].runs
+    assert run.sent_bytes > 0
+    assert run.received_bytes is None  # the server's side is not ours to count
+    assert run.rcvbuf.given is None
+    assert run.sndbuf.given == kernel_gives(socket.SO_SNDBUF, 64 * 1024, kind=run_kind(proto))
+    if proto == "tcp":
+        assert run.end_confirmed  # discard closed after reading every byte
+        assert run.throughput is not None
+    else:
+        assert run.udp is not None
+        assert run.udp.sent * 1024 == run.sent_bytes
+        assert run.udp.lost is None
+
+
+def run_kind(proto: str) -> int:
+    return socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+
+
+def test_remote_runs_refuse_a_receive_buffer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["speed", "--to", "127.0.0.1:9", "--rcvbuf", "4K"]) == EXIT_USAGE
+    assert main(["speed", "--to", "127.0.0.1:9", "--buf", "4K"]) == EXIT_USAGE
+    assert "--sndbuf" in capsys.readouterr().err

@@ -139,6 +139,10 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError(_("--buf sets both buffers: use it or --sndbuf/--rcvbuf, not both"))
     if args.rate is not None and args.proto != "udp":
         raise ConfigError(_("--rate paces UDP datagrams; TCP is paced by the receiver"))
+    if args.to is not None and (args.buf is not None or args.rcvbuf != "auto"):
+        raise ConfigError(
+            _("with --to the receive buffer is the server's own: sweep --sndbuf, not --buf or --rcvbuf")
+        )
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(_("the local receiver listens on loopback only (127.0.0.1 or ::1)"))
     points = make_points(
