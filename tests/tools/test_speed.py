@@ -267,7 +267,8 @@ def made_up_result(proto: str) -> SpeedResult:
 
 TOP_KEYS = {"schema", "started", "interrupted", "machine", "kernel", "settings", "points"}
 SETTINGS_KEYS = {
-    "proto", "to", "receiver", "duration", "repeat", "max_bytes", "rate", "recv_delay", "probe_interval"
+    "proto", "to", "receiver", "duration", "repeat", "max_bytes", "rate", "recv_delay", "probe_interval",
+    "netns",
 }  # fmt: skip
 POINT_KEYS = {
     "proto", "chunk", "recv_chunk", "sndbuf", "rcvbuf", "throughput", "send_rate", "probe_latency",
@@ -276,7 +277,7 @@ POINT_KEYS = {
 RUN_KEYS = {
     "seconds", "sent_bytes", "received_bytes", "send_calls", "recv_calls", "bytes_per_send",
     "bytes_per_recv", "throughput", "send_rate", "sndbuf", "rcvbuf", "probes_sent", "probe_latency",
-    "udp", "end_confirmed", "drain_capped",
+    "udp", "end_confirmed", "drain_capped", "receiver_gave_up",
 }  # fmt: skip
 UDP_KEYS = {"sent", "send_errors", "received", "lost", "reordered", "duplicated", "kernel_drops"}
 
@@ -423,3 +424,22 @@ def test_remote_runs_refuse_a_receive_buffer(capsys: pytest.CaptureFixture[str])
     assert main(["speed", "--to", "127.0.0.1:9", "--rcvbuf", "4K"]) == EXIT_USAGE
     assert main(["speed", "--to", "127.0.0.1:9", "--buf", "4K"]) == EXIT_USAGE
     assert "--sndbuf" in capsys.readouterr().err
+
+
+def test_netns_says_why_it_cannot_run() -> None:
+    from socketlab.tools.speed.netns import unavailable_reason  # noqa: PLC0415 - Linux-only module
+
+    def found(tool: str) -> str | None:
+        return f"/usr/sbin/{tool}"
+
+    assert unavailable_reason("linux", 0, found) is None
+    assert "Linux" in (unavailable_reason("darwin", 0, found) or "")
+    assert "root" in (unavailable_reason("linux", 1000, found) or "")
+    assert "tc" in (unavailable_reason("linux", 0, lambda tool: None if tool == "tc" else tool) or "")
+
+
+def test_netns_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["speed", "--netns-delay", "10ms"]) == EXIT_USAGE  # a delay of what link?
+    assert main(["speed", "--netns", "20000"]) == EXIT_USAGE  # datagrams per second is not a link rate
+    assert main(["speed", "--netns", "10Mbit/s", "--to", "127.0.0.1:9"]) == EXIT_USAGE
+    assert capsys.readouterr().err.count("socketlab speed:") == 3

@@ -93,6 +93,20 @@ def add_parser(subparsers: Any) -> None:
         help=_("time between latency probes; 0 for none (default: 50ms)"),
     )
     p.add_argument(
+        "--netns",
+        metavar="RATE",
+        help=_(
+            "Linux, root: run the receiver in a network namespace behind a veth link limited to RATE "
+            "(e.g. 100Mbit/s, 10MB/s), so the medium is the bottleneck"
+        ),
+    )
+    p.add_argument(
+        "--netns-delay",
+        metavar="TIME",
+        default="0",
+        help=_("with --netns: delay added on the way back, i.e. the round-trip time (e.g. 10ms)"),
+    )
+    p.add_argument(
         "--json", action="store_true", help=_("print the results as JSON (schema in docs/speed.md)")
     )
     p.add_argument(
@@ -143,6 +157,13 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError(
             _("with --to the receive buffer is the server's own: sweep --sndbuf, not --buf or --rcvbuf")
         )
+    netns = None
+    if args.netns is not None:
+        netns = _link(args.netns, args.netns_delay)
+        if args.to is not None:
+            raise ConfigError(_("--netns runs its own receiver: it cannot go with --to"))
+    elif args.netns_delay != "0":
+        raise ConfigError(_("--netns-delay needs --netns"))
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(_("the local receiver listens on loopback only (127.0.0.1 or ::1)"))
     points = make_points(
@@ -165,7 +186,18 @@ def build_config(args: argparse.Namespace) -> Any:
         to=_address(args.to) if args.to else None,
         host="127.0.0.1" if args.host == "localhost" else args.host,
         probe_interval=parse_duration(args.probe_interval),
+        netns=netns,
     )
+
+
+def _link(rate_text: str, delay_text: str) -> Any:
+    from socketlab.tools.speed import Link  # noqa: PLC0415 - start-up time
+
+    rate = parse_rate(rate_text)
+    if rate.unit != "bytes":
+        raise ConfigError(_("--netns takes a link rate in bits or bytes per second (100Mbit/s, 10MB/s)"))
+    delay = parse_duration(delay_text)
+    return Link(rate_bits=round(rate.per_second * 8), delay=delay)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -174,6 +206,13 @@ def handle(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"socketlab speed: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if config.netns is not None:
+        from socketlab.tools.speed.netns import unavailable_reason  # noqa: PLC0415 - Linux only
+
+        reason = unavailable_reason()
+        if reason is not None:
+            print(_("socketlab speed: skipped: {reason}").format(reason=reason), file=sys.stderr)
+            return EXIT_FAILURE
     if args.plot:
         try:
             import matplotlib  # noqa: F401, PLC0415 - only --plot needs it
@@ -199,6 +238,9 @@ def handle(args: argparse.Namespace) -> int:
         if show_progress:
             sys.stderr.write("\r\033[K")
     result.points = [p for p in result.points if p.runs]
+    if code == EXIT_FAILURE and not result.points:
+        print(f"socketlab speed: {error}", file=sys.stderr)
+        return code
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -235,6 +277,13 @@ def _progress_printer(stream: TextIO) -> Any:
         stream.flush()
 
     return progress
+
+
+def format_bits(bits_per_second: int) -> str:
+    for factor, prefix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if bits_per_second >= factor:
+            return f"{bits_per_second / factor:g} {prefix}bit/s"
+    return f"{bits_per_second} bit/s"
 
 
 def _size(value: int | None) -> str:
@@ -305,7 +354,7 @@ def print_report(result: SpeedResult, out: TextIO) -> None:
     if udp:
         headers += [_("sent"), _("received"), _("lost"), _("reord."), _("dup."), _("kernel drops")]
     rows = [_point_row(p, udp) for p in result.points]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)), file=out)
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), file=out)
@@ -316,6 +365,8 @@ def print_report(result: SpeedResult, out: TextIO) -> None:
 
 def report_notes(result: SpeedResult) -> list[str]:
     """What a reader needs to read the table right: the kernel's rules and what is unknown."""
+    from socketlab.tools.speed.ends import GIVE_UP  # noqa: PLC0415 - start-up time
+
     config = result.config
     k = result.kernel
     notes = [
@@ -356,12 +407,33 @@ def report_notes(result: SpeedResult) -> list[str]:
             notes.append(
                 _("some runs were not confirmed by the server closing: their throughput is unknown.")
             )
+    if config.netns is not None:
+        delay = config.netns.delay
+        notes.append(
+            _(
+                "medium: the receiver ran in its own network namespace behind a veth pair limited to "
+                "{rate} by tc (tbf){delay}. UDP datagrams lost but not in 'kernel drops' were dropped in "
+                "the link's queue, before the receiving socket."
+            ).format(
+                rate=format_bits(config.netns.rate_bits),
+                delay=_(", with {delay} added on the way back").format(delay=format_duration(delay))
+                if delay
+                else "",
+            )
+        )
     if config.probe_interval > 0:
         notes.append(
             _(
                 "probe: a {n}-byte message sent every {every} in the same connection (UDP: a datagram), "
                 "behind the bulk data; its latency is the time the bytes ahead of it spent in the buffers."
             ).format(n=16, every=format_duration(config.probe_interval))
+        )
+    if any(r.receiver_gave_up for p in result.points for r in p.runs):
+        notes.append(
+            _(
+                "in some runs the receiver gave up {limit} after the sending window with data still "
+                "on the way: their counts stop there (a slower link needs smaller buffers or --bytes)."
+            ).format(limit=format_duration(GIVE_UP))
         )
     if any(r.drain_capped for p in result.points for r in p.runs):
         notes.append(

@@ -8,12 +8,14 @@ the latency of small probes sent behind the bulk data. Library code: it never pr
     model   the settings and the results, and their JSON form
     ends    the send and receive loops (the only code that touches the sockets' data)
     runner  the receiver process and the sweep
+    netns   the optional slow medium: a namespace behind a rate-limited veth pair (Linux, root)
     plot    matplotlib figures (imports matplotlib; only the CLI's --plot imports this module)
 """
 
 from socketlab.tools.speed.model import (
     SCHEMA,
     BufferSize,
+    Link,
     Point,
     PointResult,
     RunResult,
@@ -27,6 +29,7 @@ from socketlab.tools.speed.runner import new_result, run_speed
 __all__ = [
     "SCHEMA",
     "BufferSize",
+    "Link",
     "Point",
     "PointResult",
     "RunResult",

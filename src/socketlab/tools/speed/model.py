@@ -34,6 +34,14 @@ class Point:
 
 
 @dataclass(frozen=True)
+class Link:
+    """The slow medium of `--netns` (see `netns`)."""
+
+    rate_bits: int  # bits per second, as tc counts them
+    delay: float = 0.0  # seconds added on the way back (receiver to sender): the round-trip time
+
+
+@dataclass(frozen=True)
 class SpeedConfig:
     points: tuple[Point, ...]
     proto: str = "tcp"
@@ -45,6 +53,7 @@ class SpeedConfig:
     to: tuple[str, int] | None = None  # a remote discard server; None: our own receiver on loopback
     host: str = "127.0.0.1"  # where the local receiver listens
     probe_interval: float = 0.05  # seconds between probes; 0: no probes
+    netns: Link | None = None  # run the receiver behind a rate-limited veth pair instead of loopback
 
 
 def make_points(
@@ -153,6 +162,7 @@ class RunResult:
     udp: UdpCounts | None = None
     end_confirmed: bool = True  # remote TCP: the peer closed after reading everything
     drain_capped: bool = False  # the slow receiver stopped sleeping to drain the rest in time
+    receiver_gave_up: bool = False  # the receiver stopped before the end of the data (a very slow link)
 
     @property
     def throughput(self) -> float | None:
@@ -186,6 +196,7 @@ class RunResult:
             "udp": None if self.udp is None else self.udp.to_json(),
             "end_confirmed": self.end_confirmed,
             "drain_capped": self.drain_capped,
+            "receiver_gave_up": self.receiver_gave_up,
         }
 
 
@@ -290,13 +301,16 @@ class SpeedResult:
             "settings": {
                 "proto": c.proto,
                 "to": None if c.to is None else f"{c.to[0]}:{c.to[1]}",
-                "receiver": "remote" if c.to is not None else "local",
+                "receiver": "remote" if c.to is not None else "netns" if c.netns is not None else "local",
                 "duration": c.duration,
                 "repeat": c.repeat,
                 "max_bytes": c.max_bytes,
                 "rate": None if c.rate is None else {"per_second": c.rate.per_second, "unit": c.rate.unit},
                 "recv_delay": c.recv_delay,
                 "probe_interval": c.probe_interval,
+                "netns": None
+                if c.netns is None
+                else {"rate_bits": c.netns.rate_bits, "delay": c.netns.delay},
             },
             "points": [p.to_json() for p in self.points],
         }

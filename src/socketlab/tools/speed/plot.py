@@ -6,6 +6,7 @@ state): import this module only when a plot is asked for.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,11 @@ def plot_speed(result: SpeedResult, path: str | Path) -> PlotInfo:
         ax.set_xscale("log", base=2)
         if not title.startswith("datagrams lost"):
             ax.set_yscale("log")
+            low, high = ax.get_ylim()
+            if low > 0 and high / low < 10:
+                # At least a decade: autoscaling a flat curve would blow a 1% wobble up to full height.
+                middle = math.sqrt(low * high)
+                ax.set_ylim(middle / math.sqrt(10), middle * math.sqrt(10))
             # Plain numbers (300, not 3×10²): a log axis spanning less than a decade labels minor ticks.
             ax.yaxis.set_major_formatter(_plain)
             ax.yaxis.set_minor_formatter(_minor_labels(ax))
@@ -125,6 +131,9 @@ def plot_speed(result: SpeedResult, path: str | Path) -> PlotInfo:
     bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_size(round(v)) if v >= 1 else ""))
     c = result.config
     where = f"to {c.to[0]}:{c.to[1]}" if c.to else f"loopback {c.host}"
+    if c.netns is not None:
+        where = f"netns link {c.netns.rate_bits / 1e6:g} Mbit/s"
+        where += f", {c.netns.delay * 1e3:g} ms back" if c.netns.delay else ""
     extra = f", recv delay {c.recv_delay * 1e6:.0f} µs" if c.recv_delay else ""
     rate = f", {c.rate.per_second:g} {c.rate.unit}/s" if c.rate else ""
     fig.suptitle(
@@ -144,7 +153,7 @@ def _minor_labels(ax: Any) -> FuncFormatter:
 
     def label(value: float, _pos: int | None) -> str:
         low, high = ax.get_ylim()
-        return f"{value:g}" if low > 0 and high / low < 10 else ""
+        return f"{value:g}" if low > 0 and high / low < 10.5 else ""
 
     return FuncFormatter(label)
 

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -127,9 +128,10 @@ def _receive(job: ReceiverJob, lines: _Lines) -> ends.ReceiveReport:
 class LocalReceiver:
     """The receiver child process, as the sender's side sees it."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: Sequence[str] = ()) -> None:
+        """`prefix` runs the child through another command (`ip netns exec NAME`)."""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "socketlab.tools.speed"],
+            [*prefix, sys.executable, "-m", "socketlab.tools.speed"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

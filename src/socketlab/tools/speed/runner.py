@@ -45,15 +45,21 @@ Progress = Callable[[int, int, Point, int, RunResult | None], None]
 
 
 @contextlib.contextmanager
-def _local_receiver(needed: bool) -> Iterator[LocalReceiver | None]:
-    if not needed:
-        yield None
+def _receiving_end(config: SpeedConfig) -> Iterator[tuple[LocalReceiver | None, str]]:
+    """The local receiver (None for a remote one) and the address it listens on."""
+    if config.to is not None:
+        yield None, config.to[0]
         return
-    receiver = LocalReceiver()
-    try:
-        yield receiver
-    finally:
-        receiver.close()
+    with contextlib.ExitStack() as stack:
+        host, prefix = config.host, []
+        if config.netns is not None:
+            from socketlab.tools.speed.netns import slow_link  # noqa: PLC0415 - Linux and root only
+
+            ns = stack.enter_context(slow_link(config.netns))
+            host, prefix = ns.receiver_address, ns.exec_prefix
+        receiver = LocalReceiver(prefix)
+        stack.callback(receiver.close)
+        yield receiver, host
 
 
 def describe_machine() -> dict[str, Any]:
@@ -83,14 +89,14 @@ def run_speed(
     result = result if result is not None else new_result(config)
     total = len(config.points) * config.repeat
     done = 0
-    with _local_receiver(config.to is None) as receiver:
+    with _receiving_end(config) as (receiver, host):
         for point in config.points:
             point_result = PointResult(point, config.proto)
             result.points.append(point_result)
             for repeat in range(config.repeat):
                 if progress is not None:
                     progress(done, total, point, repeat, None)
-                run = _run_once(config, point, receiver)
+                run = _run_once(config, point, receiver, host)
                 point_result.runs.append(run)
                 done += 1
                 if progress is not None:
@@ -98,14 +104,12 @@ def run_speed(
     return result
 
 
-def _run_once(config: SpeedConfig, point: Point, receiver: LocalReceiver | None) -> RunResult:
+def _run_once(config: SpeedConfig, point: Point, receiver: LocalReceiver | None, host: str) -> RunResult:
     proto = config.proto
     if receiver is not None:
-        job = ReceiverJob(
-            proto, config.host, point.rcvbuf, point.recv_chunk, config.recv_delay, config.duration
-        )
+        job = ReceiverJob(proto, host, point.rcvbuf, point.recv_chunk, config.recv_delay, config.duration)
         port, rcvbuf_given = receiver.start(job)
-        address = (config.host, port)
+        address = (host, port)
         rcvbuf = BufferSize(point.rcvbuf, rcvbuf_given)
     else:
         assert config.to is not None
@@ -178,6 +182,7 @@ def _run_tcp(
     run.seconds = max(got.last, sent.finished) - sent.started
     run.rcvbuf.end = got.rcvbuf_end
     run.drain_capped = got.drain_capped
+    run.receiver_gave_up = got.gave_up
     run.probe_latencies = [b - a for a, b in zip(sent.probe_times, got.probe_arrivals, strict=False)]
     return run
 
@@ -249,5 +254,6 @@ def _run_udp(
         run.seconds = max(got.last, sent.finished) - sent.started
     run.rcvbuf.end = got.rcvbuf_end
     run.drain_capped = got.drain_capped
+    run.receiver_gave_up = got.gave_up
     run.probe_latencies = got.probe_latencies
     return run
