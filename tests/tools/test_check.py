@@ -92,7 +92,7 @@ def test_judging_stream_answers_names_the_way_they_differ() -> None:
     assert judge_stream(expected, b"HELLO\r\n", framed=True) is Verdict.EXACT
     assert judge_stream(expected, b"HELLO\n", framed=True) is Verdict.SAME_LINES
     assert judge_stream(expected, b"HELLO", framed=True) is Verdict.UNTERMINATED
-    assert judge_stream(expected, b"HELLO\r\n\n", framed=True) is Verdict.EXTRA_LINES
+    assert judge_stream(b"HELLO\n", b"H\nE\nL\nL\nO\n\n", framed=True) is Verdict.EXTRA_LINES
     assert judge_stream(expected, b"", framed=True) is Verdict.NOTHING
     lines = b"A\nB\nC\n"
     assert judge_stream(lines, b"A\n", framed=True) is Verdict.FEWER_LINES
@@ -102,6 +102,16 @@ def test_judging_stream_answers_names_the_way_they_differ() -> None:
     variants = [(Verdict.LATIN1, latin1_form(portuguese)), (Verdict.ASCII_ONLY, PORTUGUESE.upper())]
     assert judge_stream(portuguese, "AÇÃO\n".encode("latin-1"), True, variants) is Verdict.LATIN1
     assert judge_stream(portuguese, "AçãO\n".encode(), True, variants) is Verdict.ASCII_ONLY
+
+
+def test_judging_names_the_habits_that_break_a_line_protocol() -> None:
+    two = b"ONE\nTWO\n"
+    assert judge_stream(two, b"ONE\n\nTWO\n\n", framed=True) is Verdict.DOUBLE_NEWLINE
+    assert judge_stream(two, b"Welcome!\nONE\nTWO\n", framed=True) is Verdict.GREETING
+    padded = b"ONE\n" + b"\0" * 1020 + b"TWO\n" + b"\0" * 1020
+    assert judge_stream(two, padded, framed=True) is Verdict.NUL_PADDED
+    # A terminator the server adds where the core answers an unterminated last line is fine.
+    assert judge_stream(b"ONE\nTWO", two, framed=True) is Verdict.SAME_LINES
 
 
 def test_judging_datagrams_names_padding_newlines_leftovers_and_cuts() -> None:
@@ -178,6 +188,9 @@ GALLERY_CASES = [
     ("udp_whole_buffer", {"no-newline", "large-datagram"}, set(), ("no-newline", "NUL bytes")),
     ("udp_newline_added", {"no-newline"}, set(), ("no-newline", "line terminator")),
     ("udp_other_port", {"same-port"}, set(), ("same-port", "another socket")),
+    # Beyond the classic five: habits seen in students' servers.
+    ("tcp_double_newline", set(TCP_CHECK_IDS), set(), ("short-line", "followed by an empty line")),
+    ("tcp_ascii_upper", set(), {"utf8", "utf8-split"}, ("utf8", "Only the ASCII letters")),
 ]
 
 
@@ -252,6 +265,24 @@ def test_the_teaching_models_pass_and_the_iterative_one_gets_its_warning(
     assert ids(report, Status.WARNING) == warned
     if warned:
         assert "one client at a time" in explanation(report, "idle-client")
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_answers_only_at_the_end_of_the_stream_is_not_taken_for_a_crash() -> None:
+    with gallery_server("tcp_answers_at_close") as (proto, port):
+        report = run(proto, port, only=["short-line", "half-close", "many-clients", "connect-close"])
+    statuses = {r.id: r.status for r in report.results}
+    assert statuses == {
+        "short-line": Status.FAIL,
+        "half-close": Status.PASS,
+        "many-clients": Status.FAIL,
+        "connect-close": Status.FAIL,
+    }
+    assert "until the client closes" in explanation(report, "short-line")
+    assert "50 connected but unanswered" in next(r.received for r in report.results if r.id == "many-clients")
+    # It never answered a line on an open connection, so nothing says it crashed or got stuck.
+    assert "crashed" not in explanation(report, "connect-close")
+    assert "stuck" not in explanation(report, "connect-close")
 
 
 # --- the lecture's own servers, as on the slides -------------------------------------------------

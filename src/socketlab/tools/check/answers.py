@@ -17,13 +17,15 @@ class Verdict(enum.Enum):
     EXACT = "exact"  # byte for byte what the core answers
     SAME_LINES = "same-lines"  # the same lines, another terminator (LF for CR LF)
     UNTERMINATED = "unterminated"  # the right text, but the last line has no terminator
+    DOUBLE_NEWLINE = "double-newline"  # every answer line followed by an empty line
+    GREETING = "greeting"  # the right answer, after lines nobody asked for
     NOTHING = "nothing"  # no byte at all
     TRUNCATED = "truncated"  # a proper prefix of the expected answer
     EXTRA_LINES = "extra-lines"  # more lines than expected: a line answered in pieces
     FEWER_LINES = "fewer-lines"  # fewer lines: lines merged or lost
     LATIN1 = "latin1"  # the right text, one byte per char (Java's writeBytes)
     ASCII_ONLY = "ascii-only"  # only a-z upper-cased (bytes.upper)
-    NUL_PADDED = "nul-padded"  # UDP: the right answer followed by NUL bytes
+    NUL_PADDED = "nul-padded"  # the right answer followed by NUL bytes (a whole buffer sent)
     NEWLINE_ADDED = "newline-added"  # UDP: the right answer followed by a line terminator
     LEFTOVER = "leftover"  # UDP: the right answer followed by other bytes (a reused buffer)
     DIFFERENT = "different"
@@ -71,12 +73,23 @@ def judge_stream(
         return Verdict.NOTHING
     got = lines_of(received)
     if framed and got == lines_of(expected):
-        if received.endswith(b"\n") == expected.endswith(b"\n"):
-            return Verdict.SAME_LINES
-        return Verdict.UNTERMINATED
+        if expected.endswith(b"\n") and not received.endswith(b"\n"):
+            return Verdict.UNTERMINATED
+        return Verdict.SAME_LINES
     for verdict, form in variants:
         if form is not None and form != expected and (received == form or (framed and got == lines_of(form))):
             return verdict
+    if b"\0" in received and b"\0" not in expected:
+        unpadded = received.replace(b"\0", b"")
+        if judge_stream(expected, unpadded, framed) in (Verdict.EXACT, Verdict.SAME_LINES):
+            return Verdict.NUL_PADDED
+    if framed:
+        plain_got, plain_want = _lf(received), _lf(expected)
+        if plain_want.count(b"\n") and plain_got == plain_want.replace(b"\n", b"\n\n"):
+            return Verdict.DOUBLE_NEWLINE
+        extra = plain_got[: len(plain_got) - len(plain_want)]
+        if len(plain_got) > len(plain_want) and plain_got.endswith(plain_want) and extra.endswith(b"\n"):
+            return Verdict.GREETING
     if expected.startswith(received):
         # Whole lines and then nothing: lines went unanswered (one line per connection, say), which
         # is not the cut-off answer of an ignored send() result.
@@ -90,6 +103,10 @@ def judge_stream(
         if len(got) < len(want):
             return Verdict.FEWER_LINES
     return Verdict.DIFFERENT
+
+
+def _lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
 
 
 def judge_datagram(

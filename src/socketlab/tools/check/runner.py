@@ -69,6 +69,7 @@ class Context:
     timeout: float
     addresses: list[tuple[int, SockAddr]]
     reached: bool = False  # some check got through to the server (a connection, an answer)
+    answered: bool = False  # an earlier check passed or warned: the server answers lines
     last_reached: str = ""  # the id of the last check that did
     current: str = ""
 
@@ -265,6 +266,10 @@ def run_checks(
             time.monotonic() - started,
         )
         report.results.append(result)
+        # half-close is passed even by servers that answer only once the client stops sending, so it
+        # proves nothing about answering lines on an open connection.
+        if result.status is not Status.FAIL and check.id != "half-close":
+            ctx.answered = True
         report.address = _format_address(ctx.address)
         if on_result is not None:
             on_result(result)

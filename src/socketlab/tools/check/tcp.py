@@ -167,6 +167,43 @@ def generic_problem(ctx: Context, ex: Exchange, verdict: Verdict) -> tuple[Statu
             ).format(seconds=ctx.timeout),
             _("Answer each line as soon as its '\\n' arrives, whatever recv() returned around it."),
         )
+    if verdict is Verdict.DOUBLE_NEWLINE:
+        return (
+            Status.FAIL,
+            _(
+                "Each answer line is followed by an empty line: the server adds '\\n' to a line that "
+                "still has its own (readline() and makefile() keep the terminator; print() adds another)."
+            ),
+            _(
+                "Remove the line's terminator before adding one (line.rstrip('\\r\\n')), "
+                "or keep it and add none."
+            ),
+        )
+    if verdict is Verdict.GREETING:
+        return (
+            Status.FAIL,
+            _(
+                "The right answer came, but after {n} line(s) no request asked for: a greeting or a prompt "
+                "(first: {first}). The lecture's protocol has none: a client that reads one line per line "
+                "it sent takes the greeting for its answer, and every answer after it is one line late."
+            ).format(
+                n=max(0, got_lines - want_lines),
+                first=show(reading.data.split(b"\n", 1)[0] + b"\n"),
+            ),
+            _("Send nothing but the answers: no greeting, no prompt."),
+        )
+    if verdict is Verdict.NUL_PADDED:
+        return (
+            Status.FAIL,
+            _(
+                "The right answer, followed by {n} NUL bytes: the server sends its whole buffer (C's "
+                "sizeof(buffer), a fixed-size byte[]) instead of just the bytes of the answer."
+            ).format(n=reading.data.count(b"\0")),
+            _(
+                "Send only the answer's own length: send(buf, strlen(answer)) in C, or the bytes "
+                "of the string."
+            ),
+        )
     if verdict is Verdict.UNTERMINATED:
         return (
             Status.FAIL,
@@ -369,30 +406,31 @@ def check_utf8_split(ctx: Context) -> Outcome:
     )
 
 
-def _crlf_problem(verdict: Verdict, ex: Exchange) -> tuple[Status, str, str] | None:
-    if verdict is not Verdict.EXTRA_LINES:
-        return None
-    return (
-        Status.FAIL,
-        _(
-            "The client ended its line with CR LF, as telnet and Windows programs do, and the server "
-            "answered an extra line: it took the '\\r' (or what follows it) for a line of its own."
-        ),
-        _(
-            "Treat '\\r\\n' as one terminator: drop one '\\r' right before the '\\n' "
-            "(Java's readLine() does)."
-        ),
-    )
-
-
 def check_crlf(ctx: Context) -> Outcome:
+    def crlf_problem(verdict: Verdict, ex: Exchange) -> tuple[Status, str, str] | None:
+        # 'HELLO\r\n\n' is also what a server that doubles every newline sends; only when plain lines
+        # were answered right (an earlier check passed) is the CR to blame.
+        if verdict not in (Verdict.EXTRA_LINES, Verdict.DOUBLE_NEWLINE) or not ctx.answered:
+            return None
+        return (
+            Status.FAIL,
+            _(
+                "The client ended its line with CR LF, as telnet and Windows programs do, and the server "
+                "answered an extra line: it took the '\\r' (or what follows it) for a line of its own."
+            ),
+            _(
+                "Treat '\\r\\n' as one terminator: drop one '\\r' right before the '\\n' "
+                "(Java's readLine() does)."
+            ),
+        )
+
     ex = _exchange(ctx, [CRLF_LINE])
     return _judge(
         ctx,
         show(CRLF_LINE),
         ex,
         _("A line ended by CR LF was answered as one line."),
-        specific=_crlf_problem,
+        specific=crlf_problem,
     )
 
 
@@ -403,7 +441,7 @@ def _empty_line_problem(verdict: Verdict, ex: Exchange) -> tuple[Status, str, st
             _(
                 "No answer to the empty line: an empty line is still a line, and a client that sends one "
                 "waits for one answer line. The server skipped it (a test such as `if not line.strip(): "
-                "continue`)."
+                "continue`), unless it answers no line at all (see short-line)."
             ),
             _("Answer every line, the empty ones too."),
         )
@@ -528,6 +566,18 @@ def check_idle_client(ctx: Context) -> Outcome:
             ),
         )
     first_note = describe_reading(first_reading, ctx.timeout)
+    if not first_reading.data and not late.data:
+        return Outcome(
+            Status.FAIL,
+            sent,
+            received,
+            _(
+                "Neither client got an answer, so this check cannot tell whether the server serves "
+                "clients concurrently: it does not answer a line while the connection stays open (see "
+                "short-line)."
+            ),
+            _("Answer each line as soon as its '\\n' arrives; then run this check again."),
+        )
     return Outcome(
         Status.FAIL,
         sent,
@@ -587,7 +637,7 @@ def check_many_clients(ctx: Context) -> Outcome:
     finally:
         for c in clients:
             if not c.done:
-                _finish(sel, c)
+                _close(sel, c)  # still owed an answer: counted below as not served
         sel.close()
     right = sum(1 for c in clients if c.done and not c.problem)
     if any(c.connected for c in clients):
@@ -608,27 +658,45 @@ def check_many_clients(ctx: Context) -> Outcome:
     ).format(right=right, **counts)
     if right == CLIENTS:
         return Outcome(Status.PASS, sent, received, _("All {n} clients were served.").format(n=CLIENTS))
+    parts = [
+        _("Only {right} of {n} clients got the right answer within {seconds:g} s.").format(
+            right=right, n=CLIENTS, seconds=ctx.timeout
+        )
+    ]
+    fixes = []
+    if counts["refused"] or counts["unaccepted"]:
+        parts.append(
+            _(
+                "Connections refused or never accepted point to a small listen() backlog: with listen(1) "
+                "the OS turns connection requests away while its queue is full."
+            )
+        )
+        fixes.append(
+            _("Listen with a large backlog: listen(socket.SOMAXCONN) (Java's ServerSocket uses 50).")
+        )
+    if counts["silent"] or counts["reset"]:
+        parts.append(
+            _(
+                "Clients that were connected but not answered, or were cut off, point to a server that "
+                "falls behind, crashes or stops under load."
+            )
+        )
+        fixes.append(
+            _(
+                "Serve clients concurrently (or at least quickly one after the other), and never let one "
+                "client's error stop the server."
+            )
+        )
     wrong = next((c for c in clients if c.problem == "wrong"), None)
-    example = (
-        _(" One wrong answer: {got} for {sent}.").format(got=show(wrong.data), sent=show(wrong.request))
-        if wrong
-        else ""
-    )
-    return Outcome(
-        Status.FAIL,
-        sent,
-        received,
-        _(
-            "Only {right} of {n} clients got the right answer within {seconds:g} s. Connections that are "
-            "refused or never accepted point to a small listen() backlog (listen(1): the OS turns away "
-            "connections while the queue is full); unanswered ones to a server that falls behind or stops."
-        ).format(right=right, n=CLIENTS, seconds=ctx.timeout)
-        + example,
-        _(
-            "Listen with a large backlog (socket.SOMAXCONN; Java's ServerSocket uses 50), and serve clients "
-            "concurrently or at least quickly one after the other."
-        ),
-    )
+    if wrong is not None:
+        parts.append(
+            _(
+                "{n} answers were wrong, for example {got} for {sent}: if the other checks pass, clients' "
+                "answers got mixed up, which points to state shared between threads (a global buffer)."
+            ).format(n=counts["wrong"], got=show(wrong.data), sent=show(wrong.request))
+        )
+        fixes.append(_("Keep each client's buffer and variables local to the code serving that client."))
+    return Outcome(Status.FAIL, sent, received, " ".join(parts), " ".join(fixes))
 
 
 def _service_client(sel: selectors.BaseSelector, client: _Client, mask: int) -> None:
@@ -676,6 +744,10 @@ def _service_client(sel: selectors.BaseSelector, client: _Client, mask: int) -> 
 
 def _finish(sel: selectors.BaseSelector, client: _Client) -> None:
     client.done = True
+    _close(sel, client)
+
+
+def _close(sel: selectors.BaseSelector, client: _Client) -> None:
     # A client that never got past connect_ex() was never registered.
     with contextlib.suppress(KeyError, ValueError):
         sel.unregister(client.sock)
@@ -711,10 +783,24 @@ def check_connect_close(ctx: Context) -> Outcome:
         )
 
     def crashed(verdict: Verdict, ex: Exchange) -> tuple[Status, str, str] | None:
-        if verdict is Verdict.NOTHING:
+        if verdict is not Verdict.NOTHING:
+            return None
+        if not ex.reading.timed_out:
             what = _("got no answer ({how})").format(how=describe_reading(ex.reading, ctx.timeout))
             return Status.FAIL, crash_explanation.format(what=what), crash_fix
-        return None
+        if not ctx.answered:
+            return None  # it never answered a line in this run: the generic words fit better
+        return (
+            Status.FAIL,
+            _(
+                "After a client connected and left without sending anything, the next client got no "
+                "answer within {seconds:g} s, though the server answered earlier checks: it is stuck on "
+                "the client that left. When recv() returns b'' (Java: readLine() returns null) that "
+                "conversation is over, but the server keeps reading it (a loop on recv() that never "
+                "breaks spins forever on b'') instead of closing it and accepting the next client."
+            ).format(seconds=ctx.timeout),
+            crash_fix,
+        )
 
     return _judge(
         ctx,

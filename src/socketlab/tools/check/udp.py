@@ -104,6 +104,14 @@ def _no_answer(ctx: Context, sent: str, deadline: Deadline, error: str) -> Outco
 
 def _datagram_problem(ctx: Context, verdict: Verdict, answer: bytes, expected: bytes) -> tuple[str, str]:
     """Explanation and fix for a wrong UDP answer."""
+    if verdict is Verdict.NUL_PADDED and len(answer) - len(expected) == 1:
+        return (
+            _(
+                "The answer ends with one NUL byte the request did not have: the server sent a C string "
+                "with its terminator (strlen(buf) + 1, or sizeof for a string literal)."
+            ),
+            _("Send exactly the answer's bytes: sendto(sock, buf, strlen(buf), ...), without the '\\0'."),
+        )
     if verdict is Verdict.NUL_PADDED:
         padding = len(answer) - len(expected)
         return (
@@ -376,6 +384,6 @@ UDP_CHECKS: dict[str, CheckFunction] = {
     "no-newline": check_no_newline,
     "utf8": check_utf8,
     "same-port": check_same_port,
-    "burst": check_burst,
     "large-datagram": check_large_datagram,
+    "burst": check_burst,
 }
