@@ -379,7 +379,7 @@ def test_summary_uses_medians_of_per_round_ratios() -> None:
 def test_targets_are_judged_on_socketlab() -> None:
     checks = {c.scenario: c for c in compare.check_targets(_fake_report())}
     assert checks["tcp16"].met is True  # 0.85 ≥ 0.85
-    assert checks["tcp16"].measured == "0.85×"
+    assert checks["tcp16"].measured == "0.850×"
     assert checks["idle"].met is True  # median 4.0 ≤ 4 KiB
     assert checks["startup"].met is True  # 80 ms < 120 ms
 

@@ -167,8 +167,8 @@ def _add_load_options(sub: argparse.ArgumentParser, proto: str) -> None:
         default=1,
         help=_("requests in flight per connection (default: 1)"),
     )
+    # No -p: `serve` and `client` use -p for the port, which bench takes as an argument.
     sub.add_argument(
-        "-p",
         "--procs",
         type=_positive,
         default=1,
@@ -310,12 +310,16 @@ def format_result(r: BenchResult) -> str:
 
 
 def handle_compare(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
     from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: PLC0415
     from socketlab.errors import ConfigError, SocketlabError  # noqa: PLC0415
     from socketlab.tools import compare  # noqa: PLC0415
 
+    started = time.monotonic()
+
     def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     options = compare.CompareOptions(
         rounds=args.rounds,

@@ -241,7 +241,8 @@ def check_targets(report: CompareReport) -> list[TargetCheck]:
                 checks.append(TargetCheck(name, info.target, "no cserver figure to compare", None))
             else:
                 met = row.ratio >= info.target_ratio and row.errors == 0
-                checks.append(TargetCheck(name, info.target, f"{row.ratio:.2f}×", met))
+                # Three decimals: 0.849 must not read as a "0.85" that failed a 0.85 target.
+                checks.append(TargetCheck(name, info.target, f"{row.ratio:.3f}×", met))
         else:
             assert info.target_limit is not None
             met = row.value <= info.target_limit if name == "idle" else row.value < info.target_limit
@@ -322,7 +323,8 @@ def render_markdown(report: CompareReport, chart: str | None = None) -> str:
         f"writes through one connection and back (`bulk rt`). Idle memory: {o.idle_conns:,} connections. "
         f"Start-up: median of {o.startup_runs} runs.",
         "",
-        "Reproduce (from the repository root, after `make -C ../shared/bench` builds with gcc):",
+        "Reproduce from the repository root (the C programs of ../shared/bench are compiled with gcc "
+        "into a temporary directory):",
         "",
         "```",
         o.command,
@@ -394,7 +396,9 @@ def write_chart(report: CompareReport, path: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.9 * len(scenarios) + 2), 4.6), dpi=110)
+    fig, ax = plt.subplots(
+        figsize=(max(7.0, 1.9 * len(scenarios) + 2), 4.6 + 0.25 * len(servers) / 3), dpi=110
+    )
     width = 0.8 / len(servers)
     for i, server in enumerate(servers):
         xs = [j + (i - (len(servers) - 1) / 2) * width for j, s in enumerate(scenarios) if server in table[s]]
@@ -409,7 +413,8 @@ def write_chart(report: CompareReport, path: str) -> bool:
     ax.set_ylabel("ratio to cserver (same round, median)")
     ax.set_title(f"socketlab bench compare, {report.date}")
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.legend(fontsize="small", ncols=2, loc="upper right")
+    # Below the axes: inside, the legend would hide bars.
+    ax.legend(fontsize="small", ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     ax.set_ylim(0, max(1.25, max(max(v.values()) for v in table.values()) * 1.1))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -457,7 +462,10 @@ def _socketlab_cmd() -> list[str]:
 
 
 def serve_capabilities() -> tuple[str | None, set[str]]:
-    """Whether `socketlab serve` exists here (None) or why not, and which options its --help lists."""
+    """Whether `socketlab serve` exists here (None) or why not, and which options its --help lists.
+
+    The choices of --model come back as "model:NAME".
+    """
     try:
         result = subprocess.run(
             [*_socketlab_cmd(), "serve", "--help"],
@@ -471,7 +479,10 @@ def serve_capabilities() -> tuple[str | None, set[str]]:
         return "`socketlab serve --help` did not finish", set()
     if result.returncode != 0:
         return "this socketlab has no `serve` command yet", set()
-    words = set(re.findall(r"--[a-z][a-z-]*|\b[a-z]+\b", result.stdout))
+    words = set(re.findall(r"--[a-z][a-z-]*", result.stdout))
+    choices = re.search(r"--model \{([^}]*)\}", result.stdout)
+    if choices:
+        words |= {f"model:{name.strip()}" for name in choices[1].split(",")}
     return None, words
 
 
@@ -536,6 +547,7 @@ def server_defs(
             return argv
 
         has_loop = "--loop" in words
+        models = {w.partition(":")[2] for w in words if w.startswith("model:")}
         defs.append(
             ServerDef(
                 TARGET_SERVER,
@@ -563,15 +575,14 @@ def server_defs(
             )
         else:
             skipped.append(("socketlab --workers 2", "`socketlab serve` does not accept --workers (yet)"))
-        for model, label in (
-            ("iterative", "socketlab --model iterative"),
-            ("threads", "socketlab --model threads"),
-        ):
-            if "--model" in words and model in words:
+        # (model, can hold thousands of idle connections): one client at a time or one thread each cannot.
+        for model, idle_ok in (("iterative", False), ("threads", False), ("selectors", True)):
+            label = f"socketlab --model {model}"
+            if model in models:
                 defs.append(
-                    ServerDef(f"socketlab-{model}", label, serve("--model", model), ("tcp",), idle_ok=False)
+                    ServerDef(f"socketlab-{model}", label, serve("--model", model), ("tcp",), idle_ok=idle_ok)
                 )
-            else:
+            elif model != "selectors":  # the issue names the other two; selectors is a bonus when present
                 skipped.append((label, "`socketlab serve` does not accept it (yet)"))
 
     if baselines is not None and baselines.is_dir():
@@ -943,6 +954,8 @@ def run_compare(options: CompareOptions, log: Log) -> CompareReport:
             labels={d.name: d.label for d in defs},
             skipped=skipped,
         )
+        with contextlib.suppress(OSError, AttributeError):  # not every system has a load average
+            report.extras["load average (1 min) when the run started"] = os.getloadavg()[0]
         _run_all(report, defs, runner, log)
     return report
 
@@ -960,14 +973,11 @@ def _run_all(report: CompareReport, defs: list[ServerDef], runner: Runner, log: 
             report.skipped.append(("idle", f"open-file limit allows only {idle_conns:,} connections"))
             report.options = o = CompareOptions(**{**asdict(o), "idle_conns": idle_conns})
             runner.o = o
-    for defn in defs:
-        if "idle" in scen and not defn.idle_ok:
-            report.skipped.append(
-                (
-                    f"idle: {defn.label}",
-                    "one thread or one client at a time: not run with many idle connections",
-                )
-            )
+    not_idle = [d.label for d in defs if not d.idle_ok]
+    if "idle" in scen and not_idle:
+        report.skipped.append(
+            ("idle", f"not run for {', '.join(not_idle)}: one client at a time, or one thread per client")
+        )
     for rnd in range(1, o.rounds + 1):
         # Scenario by scenario, every server in turn: the reference and the others it is compared
         # with are measured minutes apart at most, whatever else the machine is doing.
@@ -980,10 +990,13 @@ def _run_all(report: CompareReport, defs: list[ServerDef], runner: Runner, log: 
                 if proto not in defn.protos or (scenario == "idle" and not defn.idle_ok):
                     continue
                 _measure_server(report, defn, proto=proto, scenario=scenario, rnd=rnd, runner=runner, log=log)
-    for defn in defs:
-        for s in scen:
-            if s != "startup" and _proto_of(s) not in defn.protos:
-                report.skipped.append((f"{s}: {defn.label}", f"no {_proto_of(s).upper()} server"))
+    for proto in ("tcp", "udp"):
+        missing = [d.label for d in defs if proto not in d.protos]
+        wanted = [x for x in scen if x != "startup" and _proto_of(x) == proto]
+        if missing and wanted:
+            report.skipped.append(
+                (", ".join(wanted), f"not run for {', '.join(missing)}: no {proto.upper()} server")
+            )
 
 
 def _proto_of(scenario: str) -> str:
