@@ -32,7 +32,13 @@ from socketlab.tools.check.answers import (
     latin1_form,
     show,
 )
-from socketlab.tools.check.runner import Report, Status, run_checks, select_checks
+from socketlab.tools.check.runner import (
+    Report,
+    Status,
+    run_checks,
+    select_checks,
+    udp_addresses_listening_first,
+)
 from socketlab.tools.check.tcp import (
     LONG_LINE,
     MANY_LINES,
@@ -41,6 +47,7 @@ from socketlab.tools.check.tcp import (
     TCP_CHECKS,
 )
 from socketlab.tools.check.udp import UDP_CHECKS
+from tests.conftest import needs_ipv6
 from tests.helpers import cli_env, start_serve
 
 GALLERY = Path(__file__).resolve().parent.parent / "fixtures" / "buggy_servers"
@@ -133,14 +140,28 @@ def test_show_makes_bytes_readable_and_short() -> None:
     assert len(long) < 100
 
 
+@needs_ipv6
+@pytest.mark.timeout(20)
+def test_udp_picks_the_address_where_something_listens() -> None:
+    # As for `localhost` resolved to ::1 first while the server listens on IPv4 only. Port numbers
+    # of the two families are separate, so nothing listens on [::1] at the IPv4 socket's port.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listening:
+        listening.bind((LOOPBACK, 0))
+        port = listening.getsockname()[1]
+        v6: tuple[int, tuple[object, ...]] = (int(socket.AF_INET6), ("::1", port, 0, 0))
+        v4: tuple[int, tuple[object, ...]] = (int(socket.AF_INET), (LOOPBACK, port))
+        assert udp_addresses_listening_first([v6, v4], timeout=5) == [v4, v6]
+        assert udp_addresses_listening_first([v4, v6], timeout=5) == [v4, v6]
+
+
 # --- servers as real processes -----------------------------------------------------------------
 
 
 @contextmanager
-def gallery_server(name: str) -> Iterator[tuple[str, int]]:
-    """Run tests/fixtures/buggy_servers/NAME.py on 127.0.0.1 port 0; yield its protocol and port."""
+def gallery_server(name: str, host: str = LOOPBACK) -> Iterator[tuple[str, int]]:
+    """Run tests/fixtures/buggy_servers/NAME.py on HOST port 0; yield its protocol and port."""
     proc = subprocess.Popen(
-        [sys.executable, str(GALLERY / f"{name}.py"), LOOPBACK],
+        [sys.executable, str(GALLERY / f"{name}.py"), host],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # the buggy ones print tracebacks on purpose
         stdin=subprocess.DEVNULL,
@@ -283,6 +304,22 @@ def test_a_server_that_answers_only_at_the_end_of_the_stream_is_not_taken_for_a_
     # It never answered a line on an open connection, so nothing says it crashed or got stuck.
     assert "crashed" not in explanation(report, "connect-close")
     assert "stuck" not in explanation(report, "connect-close")
+
+
+@needs_ipv6
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("name", "only"),
+    [
+        ("tcp_correct", ["short-line", "many-clients", "connect-close"]),
+        ("udp_correct", ["same-port", "burst"]),
+    ],
+)
+def test_ipv6_servers_are_checked_the_same_way(name: str, only: list[str]) -> None:
+    with gallery_server(name, "::1") as (proto, port):
+        report = run_checks(proto, "::1", port, timeout=CHECK_TIMEOUT, only=only)
+    assert report.address == f"[::1]:{port}"
+    assert [(r.id, r.status) for r in report.results] == [(check_id, Status.PASS) for check_id in only]
 
 
 # --- the lecture's own servers, as on the slides -------------------------------------------------

@@ -15,7 +15,17 @@ from socketlab.core.services import Service, make_service
 from socketlab.errors import ConfigError, ConnectError
 from socketlab.i18n import _
 from socketlab.tools.check import DEFAULT_TIMEOUT, JSON_SCHEMA, SERVICES, TCP_CHECK_IDS, UDP_CHECK_IDS
-from socketlab.tools.check.probe import Deadline, ProbeError, SockAddr, connect_tcp, resolve
+from socketlab.tools.check.probe import (
+    Deadline,
+    ProbeError,
+    SockAddr,
+    connect_tcp,
+    resolve,
+    udp_port_unreachable,
+)
+
+# How long to listen for an ICMP "port unreachable" per address when choosing among several.
+UDP_PICK_WAIT = 0.1
 
 
 class Status(enum.StrEnum):
@@ -238,6 +248,8 @@ def run_checks(
         addresses = resolve(host, port, kind)
     except ProbeError as exc:
         raise ConnectError(exc.reason) from exc
+    if proto == "udp" and len(addresses) > 1:
+        addresses = udp_addresses_listening_first(addresses, timeout)
     ctx = Context(proto, host, port, service, make_service(service), timeout, addresses)
     report = Report(proto, host, port, service, timeout, _format_address(ctx.address))
     abandoned = ""
@@ -274,6 +286,23 @@ def run_checks(
         if on_result is not None:
             on_result(result)
     return report
+
+
+def udp_addresses_listening_first(
+    addresses: list[tuple[int, SockAddr]], timeout: float
+) -> list[tuple[int, SockAddr]]:
+    """The addresses with the first one where something listens moved to the front.
+
+    `localhost` is often ::1 first, while a student's UDP server listens on 0.0.0.0 only; unlike TCP,
+    which tries each address in turn, UDP would just hear nothing. A connected UDP socket is told
+    when nothing listens (ICMP port unreachable), which is what this asks each address, in order,
+    until one does not say so. The one datagram sent to a listening server is a bare '\n'.
+    """
+    deadline = Deadline(timeout)
+    for i, (family, address) in enumerate(addresses):
+        if not udp_port_unreachable(family, address, deadline, UDP_PICK_WAIT):
+            return [addresses[i], *addresses[:i], *addresses[i + 1 :]]
+    return addresses
 
 
 def unreachable_outcome(ctx: Context, exc: ProbeError) -> Outcome:
