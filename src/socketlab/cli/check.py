@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from socketlab.i18n import _, setup
+from socketlab.i18n import _, ngettext, setup
 from socketlab.tools.check import DEFAULT_TIMEOUT, SERVICES, TCP_CHECK_IDS, UDP_CHECK_IDS
 
 if TYPE_CHECKING:
@@ -205,7 +205,11 @@ class _HumanPrinter:
 
         self._print()
         self._print(
-            _("{total} checks: {passed} passed, {warnings} with a warning, {failed} failed.").format(
+            ngettext(
+                "{total} check: {passed} passed, {warnings} with a warning, {failed} failed.",
+                "{total} checks: {passed} passed, {warnings} with a warning, {failed} failed.",
+                total,
+            ).format(
                 total=total,
                 passed=count(Status.PASS),
                 warnings=count(Status.WARNING),

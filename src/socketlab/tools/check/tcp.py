@@ -242,12 +242,19 @@ def generic_problem(ctx: Context, ex: Exchange, verdict: Verdict) -> tuple[Statu
             ),
         )
     if verdict is Verdict.FEWER_LINES:
+        closed = ""
+        if reading.eof:
+            closed = " " + _(
+                "Then the server closed the connection: it serves a fixed number of lines per "
+                "connection instead of every line until the client leaves."
+            )
         return (
             Status.FAIL,
             _(
                 "Fewer answer lines ({got}) than lines sent ({want}): lines were merged or lost. When "
                 "several lines arrive in one recv(), each one still needs its own answer, in order."
-            ).format(got=got_lines, want=want_lines),
+            ).format(got=got_lines, want=want_lines)
+            + closed,
             _(
                 "Split what recv() returns into lines and answer every one; keep an incomplete last line "
                 "for the next recv(). Do not read just one line per recv() or per connection."
