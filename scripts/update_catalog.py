@@ -24,7 +24,9 @@ from hatch_build import parse_po  # noqa: E402 - the build hook's parser is the 
 SRC = ROOT / "src" / "socketlab"
 CATALOG = ROOT / "locale" / "pt.po"
 
-# argparse looks these up through its own `_` (which socketlab.i18n points at our catalog).
+# argparse looks these up through its own `_` and `ngettext` (which socketlab.i18n points at our
+# catalog): the ones a user can meet, from Python 3.11's argparse.py. Its errors for programmers
+# (conflicting options, bad `dest`) are left in English.
 ARGPARSE_MESSAGES = [
     "usage: ",
     "positional arguments",
@@ -38,6 +40,11 @@ ARGPARSE_MESSAGES = [
     "expected one argument",
     "expected at most one argument",
     "expected at least one argument",
+    "expected %s argument",
+    "expected %s arguments",
+    "ignored explicit argument %r",
+    "unexpected option string: %s",
+    "unknown parser %(parser_name)r (choices: %(choices)s)",
     "ambiguous option: %(option)s could match %(matches)s",
     "invalid %(type)s value: %(value)r",
     "invalid choice: %(value)r (choose from %(choices)s)",

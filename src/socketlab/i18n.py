@@ -2,10 +2,10 @@
 
 Only text meant for people goes through `_()`; answers from servers, JSON and JSON Lines never do.
 The catalogs live in `socketlab/locale/<lang>/LC_MESSAGES/socketlab.mo`, compiled from
-`locale/<lang>.po` at build time (see hatch_build.py). Binding our domain as gettext's default also
-argparse's own words ("usage:", "options") are looked up by argparse through a module-level `_`, which
-`setup()` points at the chosen catalog (gettext itself would only read the language from the environment,
-and `--lang` must win).
+`locale/<lang>.po` at build time (see hatch_build.py). argparse's own words ("usage:", "options") are
+looked up by argparse through its module-level `_` and `ngettext`, which `setup()` points at the chosen
+catalog rather than binding gettext's global domain: gettext would only read the language from the
+environment, and `--lang` must win.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def setup(lang: str | None = None) -> str:
     import argparse  # noqa: PLC0415 - only the CLI needs argparse translated
 
     argparse._ = _translation.gettext  # type: ignore[attr-defined]
-    argparse.ngettext = _translation.ngettext  # type: ignore[attr-defined]
+    argparse.ngettext = ngettext  # type: ignore[attr-defined]
     return chosen
 
 
@@ -54,4 +54,10 @@ def _(message: str) -> str:
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:
-    return _translation.ngettext(singular, plural, n)
+    """Translate a message whose wording depends on a count `n`.
+
+    The catalog holds the singular and the plural as two plain entries (our .po parser and .mo writer
+    know no plural forms), so the English rule picks the entry and the catalog translates it. That rule
+    also suits Brazilian Portuguese, which says "0 respostas" as English says "0 answers".
+    """
+    return _translation.gettext(singular if n == 1 else plural)
