@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from socketlab.core.services import make_service
 from socketlab.tools.check import TCP_CHECK_IDS, UDP_CHECK_IDS
@@ -152,6 +154,21 @@ def test_udp_picks_the_address_where_something_listens() -> None:
         v4: tuple[int, tuple[object, ...]] = (int(socket.AF_INET), (LOOPBACK, port))
         assert udp_addresses_listening_first([v6, v4], timeout=5) == [v4, v6]
         assert udp_addresses_listening_first([v4, v6], timeout=5) == [v4, v6]
+
+
+@given(st.binary(max_size=4096))
+def test_show_never_fails_and_stays_short_whatever_the_bytes(data: bytes) -> None:
+    text = show(data)
+    assert text.startswith("'")
+    assert len(text) < 600
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300), st.booleans())
+def test_judging_any_bytes_gives_a_verdict_and_exact_only_for_equal_bytes(
+    expected: bytes, received: bytes, framed: bool
+) -> None:
+    assert (judge_stream(expected, received, framed) is Verdict.EXACT) == (expected == received)
+    assert (judge_datagram(expected, received) is Verdict.EXACT) == (expected == received)
 
 
 # --- servers as real processes -----------------------------------------------------------------
