@@ -306,6 +306,20 @@ def test_the_teaching_models_pass_and_the_iterative_one_gets_its_warning(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "told"), [("tcp_correct", "echo"), ("udp_correct", "ack")])
+def test_checking_with_the_wrong_service_says_which_service_the_answers_belong_to(
+    name: str, told: str
+) -> None:
+    with gallery_server(name) as (proto, port):
+        report = run(proto, port, service=told, only=["short-line", "crlf", "no-newline", "utf8"])
+    assert report.results
+    for result in report.results:
+        assert result.status is Status.FAIL
+        assert "answers of the upper service" in result.explanation
+        assert "--service upper" in result.fix
+
+
+@pytest.mark.timeout(30)
 def test_a_server_that_answers_only_at_the_end_of_the_stream_is_not_taken_for_a_crash() -> None:
     with gallery_server("tcp_answers_at_close") as (proto, port):
         report = run(proto, port, only=["short-line", "half-close", "many-clients", "connect-close"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from socketlab.core.services import Service
+from socketlab.core.services import Service, make_service
 from socketlab.core.session import StreamSession
 
 
@@ -38,6 +38,32 @@ def expected_stream(service: Service, data: bytes, end_of_input: bool = False) -
     if end_of_input:
         answer += session.end_of_input()
     return answer
+
+
+def other_service_answering(
+    services: Sequence[str],
+    current: str,
+    request: bytes,
+    received: bytes,
+    *,
+    datagram: bool,
+    end: bool = False,
+) -> str | None:
+    """The name of another service whose answer to `request` is `received` (the wrong --service?)."""
+    if not request or not received:
+        return None
+    for name in services:
+        if name == current:
+            continue
+        service = make_service(name)
+        if datagram:
+            if service.answer_datagram(request) == received:
+                return name
+            continue
+        answer = expected_stream(service, request, end)
+        if judge_stream(answer, received, service.framed) in (Verdict.EXACT, Verdict.SAME_LINES):
+            return name
+    return None
 
 
 def lines_of(data: bytes) -> list[bytes]:

@@ -305,6 +305,19 @@ def udp_addresses_listening_first(
     return addresses
 
 
+def wrong_service(current: str, other: str) -> tuple[str, str]:
+    """Explanation and fix when the answers are another service's: most likely a wrong --service."""
+    return (
+        _(
+            "These are the answers of the {other} service, not of {current}: the server may be right "
+            "and the checker told the wrong service."
+        ).format(other=other, current=current),
+        _("If the server is meant to be {other}, run the checker with --service {other}.").format(
+            other=other
+        ),
+    )
+
+
 def unreachable_outcome(ctx: Context, exc: ProbeError) -> Outcome:
     """The result of a check that could not reach the server at all."""
     if ctx.reached:

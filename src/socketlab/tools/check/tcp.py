@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 from socketlab.config import SECONDS, KiB
 from socketlab.i18n import _
+from socketlab.tools.check import SERVICES
 from socketlab.tools.check.answers import (
     Verdict,
     ascii_upper_form,
     expected_stream,
     judge_stream,
     latin1_form,
+    other_service_answering,
     show,
 )
 from socketlab.tools.check.probe import (
@@ -34,7 +36,7 @@ from socketlab.tools.check.probe import (
     send_all,
     send_segments,
 )
-from socketlab.tools.check.runner import CheckFunction, Context, Outcome, Status
+from socketlab.tools.check.runner import CheckFunction, Context, Outcome, Status, wrong_service
 
 # Long enough for each byte to travel and be read on its own by the server (a loopback or LAN
 # delivers in well under a millisecond), short enough that the check takes a tenth of a second.
@@ -75,6 +77,8 @@ class Exchange:
     expected: bytes
     reading: Reading
     send_error: str = ""
+    request: bytes = b""  # every byte sent on this connection
+    half_closed: bool = False
 
 
 def _exchange(
@@ -101,7 +105,7 @@ def _exchange(
         close_quietly(sock)
     if reading.reset and not reading.data and error:
         reading.reset = error
-    return Exchange(expected, reading, error)
+    return Exchange(expected, reading, error, b"".join(segments), half_close)
 
 
 def _variants(ctx: Context, request: bytes, expected: bytes) -> list[tuple[Verdict, bytes | None]]:
@@ -321,6 +325,11 @@ def _judge(
             "The same lines came back with another line terminator (LF for CR LF); line readers accept both."
         )
         return Outcome(Status.PASS, sent, received, passed + " " + note)
+    other = other_service_answering(
+        SERVICES, ctx.service_name, ex.request, ex.reading.data, datagram=False, end=ex.half_closed
+    )
+    if other is not None:
+        return Outcome(Status.FAIL, sent, received, *wrong_service(ctx.service_name, other))
     found = specific(verdict, ex) if specific else None
     status, explanation, fix = found or generic_problem(ctx, ex, verdict)
     return Outcome(status, sent, received, explanation, fix)
@@ -533,7 +542,7 @@ def check_idle_client(ctx: Context) -> Outcome:
         error = send_all(second, SECOND_CLIENT_LINE, deadline)
         early = read_answer(second, deadline.part(ctx.timeout / 2), _completion(expected_second))
         if early.complete or early.eof or early.reset or error:
-            ex = Exchange(expected_second, early, error)
+            ex = Exchange(expected_second, early, error, SECOND_CLIENT_LINE)
             return _judge(
                 ctx,
                 sent,

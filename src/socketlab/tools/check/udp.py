@@ -13,11 +13,13 @@ from collections import Counter
 
 from socketlab.config import MAX_DATAGRAM, SECONDS, MiB
 from socketlab.i18n import _
+from socketlab.tools.check import SERVICES
 from socketlab.tools.check.answers import (
     Verdict,
     ascii_upper_form,
     judge_datagram,
     latin1_form,
+    other_service_answering,
     show,
     strip_datagram_extras,
 )
@@ -31,7 +33,7 @@ from socketlab.tools.check.probe import (
     send_datagram,
     udp_port_unreachable,
 )
-from socketlab.tools.check.runner import CheckFunction, Context, Outcome, Status
+from socketlab.tools.check.runner import CheckFunction, Context, Outcome, Status, wrong_service
 
 # A longer datagram first, then a shorter one: a server that reuses its buffer without using the
 # length it received answers the second with the tail of the first.
@@ -102,8 +104,13 @@ def _no_answer(ctx: Context, sent: str, deadline: Deadline, error: str) -> Outco
     )
 
 
-def _datagram_problem(ctx: Context, verdict: Verdict, answer: bytes, expected: bytes) -> tuple[str, str]:
+def _datagram_problem(
+    ctx: Context, verdict: Verdict, answer: bytes, expected: bytes, request: bytes
+) -> tuple[str, str]:
     """Explanation and fix for a wrong UDP answer."""
+    other = other_service_answering(SERVICES, ctx.service_name, request, answer, datagram=True)
+    if other is not None:
+        return wrong_service(ctx.service_name, other)
     if verdict is Verdict.NUL_PADDED and len(answer) - len(expected) == 1:
         return (
             _(
@@ -204,7 +211,7 @@ def check_no_newline(ctx: Context) -> Outcome:
             )
         verdict = judge_datagram(expected, answer)
         if verdict is not Verdict.EXACT:
-            explanation, fix = _datagram_problem(ctx, verdict, answer, expected)
+            explanation, fix = _datagram_problem(ctx, verdict, answer, expected, request)
             return Outcome(Status.FAIL, sent, ", ".join(got), explanation, fix)
     return Outcome(
         Status.PASS,
@@ -249,7 +256,7 @@ def check_utf8(ctx: Context) -> Outcome:
                 "data.decode('utf-8').upper().encode('utf-8')."
             ),
         )
-    explanation, fix = _datagram_problem(ctx, verdict, core, expected)
+    explanation, fix = _datagram_problem(ctx, verdict, core, expected, PORTUGUESE)
     return Outcome(Status.FAIL, sent, show(answer), explanation, fix)
 
 
@@ -376,7 +383,7 @@ def check_large_datagram(ctx: Context) -> Outcome:
             Status.PASS, sent, show(answer, 24), _("A datagram larger than 1024 bytes came back whole.")
         )
     verdict = judge_datagram(expected, core)
-    explanation, fix = _datagram_problem(ctx, verdict, core, expected)
+    explanation, fix = _datagram_problem(ctx, verdict, core, expected, LARGE)
     return Outcome(Status.FAIL, sent, show(answer, 24), explanation, fix)
 
 
