@@ -322,11 +322,14 @@ def unreachable_outcome(ctx: Context, exc: ProbeError) -> Outcome:
     """The result of a check that could not reach the server at all."""
     if ctx.reached:
         explanation = _(
-            "Could not reach the server: {reason}. It answered earlier in this run (last in check "
-            "{check}), so it has probably crashed or stopped accepting clients: look for an "
-            "exception in its console."
+            "Could not reach the server: {reason}. It accepted connections earlier in this run (last "
+            "in check {check}), so it has probably crashed, or it ended after serving its clients: "
+            "look for an exception in its console."
         ).format(reason=exc.reason, check=ctx.last_reached)
-        fix = _("Fix the crash that the check before this one triggered, then run the checker again.")
+        fix = _(
+            "Find out why it stopped (an exception in its console after check {check}, or a program "
+            "that serves one client and exits), fix that, and run the checker again."
+        ).format(check=ctx.last_reached)
     else:
         explanation = _(
             "Could not reach the server: {reason}. Is it running, on this host and port, with this protocol?"

@@ -157,7 +157,10 @@ def generic_problem(ctx: Context, ex: Exchange, verdict: Verdict) -> tuple[Statu
         if reading.eof:
             return (
                 Status.FAIL,
-                _("The server closed the connection without answering."),
+                _(
+                    "The server closed the connection without answering, or its process ended (the OS "
+                    "closes every socket of a process that exits)."
+                ),
                 _(
                     "Answer every line received before closing, and close only when recv() returns b'' "
                     "(Java: readLine() returns null)."
