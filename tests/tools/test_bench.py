@@ -197,6 +197,15 @@ def test_correct_udp_server(udp_server: int) -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("udp_server", [make_service("ack").answer_datagram], indirect=True)
+def test_udp_answers_without_the_request_are_matched_in_order(udp_server: int) -> None:
+    # "ok\n" carries no sequence number: each answer is taken for the oldest datagram in flight.
+    result = run_bench(_spec("udp", udp_server, service="ack", pipeline=2))
+    assert result.tally.requests > 0
+    assert result.errors == 0
+
+
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("udp_server", [_lower], indirect=True)
 def test_wrong_udp_answers_are_counted(udp_server: int) -> None:
     result = run_bench(_spec("udp", udp_server))
