@@ -207,7 +207,7 @@ def handle_bench(args: argparse.Namespace) -> int:
     )
     show = args.progress or sys.stderr.isatty()
     try:
-        result = run_bench(spec, progress=_progress_line if show else None)
+        result = run_bench(spec, progress=_ProgressLine() if show else None)
     except ConfigError as exc:
         _clear_progress(show)
         print(_("socketlab bench: {error}").format(error=exc), file=sys.stderr)
@@ -233,15 +233,28 @@ def handle_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress_line(p: Progress) -> None:
-    phase = _("warm-up") if p.warming_up else _("measuring")
-    sys.stderr.write(
-        "\r\033[K"
-        + _("{elapsed:5.1f} s  {phase}  {answers:,} answers  {errors:,} errors").format(
-            elapsed=p.elapsed, phase=phase, answers=p.answers, errors=p.errors
+class _ProgressLine:
+    """The live line on stderr: elapsed time, phase, answers so far and the rate since the last line."""
+
+    def __init__(self) -> None:
+        self._last = (0.0, 0)
+        self._rate = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        last_t, last_n = self._last
+        # Several load processes report moments apart: a rate over milliseconds would be noise.
+        if p.elapsed - last_t >= 0.3:
+            self._rate = (p.answers - last_n) / (p.elapsed - last_t)
+            self._last = (p.elapsed, p.answers)
+        rate = self._rate
+        phase = _("warm-up") if p.warming_up else _("measuring")
+        sys.stderr.write(
+            "\r\033[K"
+            + _("{elapsed:5.1f} s  {phase}  {answers:,} answers  ~{rate:,.0f}/s  {errors:,} errors").format(
+                elapsed=p.elapsed, phase=phase, answers=p.answers, rate=rate, errors=p.errors
+            )
         )
-    )
-    sys.stderr.flush()
+        sys.stderr.flush()
 
 
 def _clear_progress(shown: bool) -> None:
@@ -255,9 +268,10 @@ def format_result(r: BenchResult) -> str:
     lat = r.latency
     lines = [
         _(
-            "{proto} {service} at {host}:{port}: {conns} connections x {k} in flight, {size}-byte lines, "
+            "{proto} {service} at {host}:{port}: {conns} {what} x {k} in flight, {size}-byte lines, "
             "{procs} process(es), {dur:g} s measured after {warm:g} s warm-up"
         ).format(
+            what=_("connections") if s.proto == "tcp" else _("sockets"),
             proto=s.proto,
             service=s.service,
             host=s.host,
