@@ -160,6 +160,14 @@ def test_wrong_tcp_answers_are_counted(tcp_server: _TcpServer) -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("tcp_server", [bytes.upper], indirect=True)
+def test_ascii_only_upper_is_wrong_for_portuguese(tcp_server: _TcpServer) -> None:
+    port = tcp_server.server_address[1]
+    assert run_bench(_spec("tcp", port, duration=0.3)).errors == 0
+    assert run_bench(_spec("tcp", port, duration=0.3, payload="utf8")).tally.wrong_answers > 0
+
+
+@pytest.mark.timeout(20)
 def test_pipelined_requests_are_all_checked(tcp_server: _TcpServer) -> None:
     result = run_bench(_spec("tcp", tcp_server.server_address[1], connections=2, pipeline=8))
     assert result.tally.requests > 0
@@ -235,6 +243,7 @@ JSON_KEYS = {
     "host",
     "port",
     "service",
+    "payload",
     "connections",
     "connected",
     "size",
@@ -272,13 +281,14 @@ def _bench_cli(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(30)
 def test_cli_json_report(tcp_server: _TcpServer) -> None:
-    proc = _bench_cli(tcp_server.server_address[1], "--json", "--size", "100")
+    proc = _bench_cli(tcp_server.server_address[1], "--json", "--size", "100", "--payload", "utf8")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) == JSON_KEYS
     assert set(data["latency_us"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
     assert {"cpu", "cores", "kernel", "python", "generator"} <= set(data["machine"])
     assert data["size"] == 100
+    assert data["payload"] == "utf8"
     assert data["requests"] > 0
     assert data["errors"] == 0
     assert data["histogram"] in ("hdr", "exact")
@@ -304,6 +314,10 @@ def test_requests_and_expected_answers() -> None:
     assert expected_answer("upper", req) == req.upper()
     assert expected_answer("echo", req) == req
     assert expected_answer("ack", req) == b"ok\n"
+    utf8 = request_line(64, payload="utf8")
+    assert len(utf8) == 64
+    assert utf8.decode("utf-8").startswith("ação")
+    assert expected_answer("upper", utf8).decode("utf-8").startswith("AÇÃO")
     udp = request_line(64, 42)
     assert udp.startswith(b"0000000042")
     assert len(udp) == 64

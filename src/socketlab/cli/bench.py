@@ -180,6 +180,14 @@ def _add_load_options(sub: argparse.ArgumentParser, proto: str) -> None:
         default="upper",
         help=_("the service the server runs; every answer is checked against it (default: upper)"),
     )
+    sub.add_argument(
+        "--payload",
+        choices=("ascii", "utf8"),
+        default="ascii",
+        help=_(
+            "request text: lowercase ASCII as the C loadgen sends, or Portuguese in UTF-8 (default: ascii)"
+        ),
+    )
     sub.add_argument("--json", action="store_true", help=_("print the result as one JSON object"))
     sub.add_argument(
         "--progress",
@@ -204,6 +212,7 @@ def handle_bench(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         procs=args.procs,
         service=args.service,
+        payload=args.payload,
     )
     show = args.progress or sys.stderr.isatty()
     try:
@@ -268,14 +277,14 @@ def format_result(r: BenchResult) -> str:
     lat = r.latency
     lines = [
         _(
-            "{proto} {service} at {host}:{port}: {conns} {what} x {k} in flight, {size}-byte lines, "
+            "{proto} {service} at {where}: {conns} {what} x {k} in flight, {size}-byte lines, "
             "{procs} process(es), {dur:g} s measured after {warm:g} s warm-up"
         ).format(
             what=_("connections") if s.proto == "tcp" else _("sockets"),
             proto=s.proto,
             service=s.service,
-            host=s.host,
-            port=s.port,
+            # An IPv6 address needs brackets before its port, as in a URL.
+            where=f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
             conns=t.connected,
             k=s.pipeline,
             size=s.size,

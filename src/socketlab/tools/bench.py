@@ -45,6 +45,9 @@ SERVICES = ("upper", "echo", "ack")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 # The same filler as ../shared/bench's loadgen and bulk, so both generators send the same bytes.
 FILLER = b"abcdefghijklmnopqrstuvwxyz0123456789 the quick brown fox jumps over"
+# Portuguese in UTF-8, for measuring the Unicode path of `upper` (bytes.upper would leave "ç" alone).
+FILLER_UTF8 = "ação, coração e pão: é útil à gestão da informação; ".encode()
+PAYLOADS = ("ascii", "utf8")
 # A UDP request starts with its sequence number, so a late answer can be told from a current one.
 # Digits are left alone by every service that echoes the request.
 SEQ_DIGITS = 10
@@ -74,6 +77,7 @@ class BenchSpec:
     pipeline: int = 1  # requests in flight per connection
     procs: int = 1
     service: str = "upper"
+    payload: str = "ascii"  # "ascii" (loadgen's bytes) or "utf8" (Portuguese text)
     connect_timeout: float = CONNECT_TIMEOUT
 
     def check(self) -> None:
@@ -86,6 +90,8 @@ class BenchSpec:
             raise ConfigError(f"port {self.port} is not in 1-65535")
         if self.connections < 1 or self.pipeline < 1 or self.procs < 1:
             raise ConfigError("connections, pipeline and procs must be at least 1")
+        if self.payload not in PAYLOADS:
+            raise ConfigError(f"payload must be one of {', '.join(PAYLOADS)}, not {self.payload!r}")
         if self.procs > self.connections:
             raise ConfigError(f"{self.procs} processes need at least as many connections")
         least = SEQ_DIGITS + 2 if self.proto == "udp" else 2
@@ -95,12 +101,20 @@ class BenchSpec:
             raise ConfigError("duration must be positive and warm-up not negative")
 
 
-def request_line(size: int, seq: int | None = None) -> bytes:
-    """A request of `size` bytes: lowercase filler ending in LF, starting with `seq` when given."""
-    body = (FILLER * (size // len(FILLER) + 1))[: size - 1]
-    if seq is not None:
-        body = b"%0*d" % (SEQ_DIGITS, seq % 10**SEQ_DIGITS) + body[SEQ_DIGITS:]
-    return body + b"\n"
+def request_line(size: int, seq: int | None = None, payload: str = "ascii") -> bytes:
+    """A request of `size` bytes ending in LF, starting with `seq` when given.
+
+    `ascii` is loadgen's lowercase filler; `utf8` is Portuguese text, cut at a character boundary and
+    padded with ASCII so the size stays exact.
+    """
+    prefix = b"" if seq is None else b"%0*d" % (SEQ_DIGITS, seq % 10**SEQ_DIGITS)
+    n = size - 1 - len(prefix)
+    filler = FILLER_UTF8 if payload == "utf8" else FILLER
+    body = (filler * (n // len(filler) + 1))[:n]
+    if payload == "utf8":
+        text = body.decode("utf-8", "ignore")  # drops a character cut in half at the end
+        body = text.encode() + b"x" * (n - len(text.encode()))
+    return prefix + body + b"\n"
 
 
 def expected_answer(service: str, request: bytes, proto: str = "tcp") -> bytes:
@@ -211,6 +225,7 @@ class BenchResult:
             "host": self.spec.host,
             "port": self.spec.port,
             "service": self.spec.service,
+            "payload": self.spec.payload,
             "connections": self.spec.connections,
             "connected": t.connected,
             "size": self.spec.size,
@@ -463,7 +478,7 @@ def _tcp_loop(
     tally: Tally,
     progress: ProgressCallback | None,
 ) -> None:
-    request = request_line(spec.size)
+    request = request_line(spec.size, payload=spec.payload)
     answer = expected_answer(spec.service, request)
     k = spec.pipeline
     # Answers arrive in runs; a run of n correct answers is one comparison with this.
@@ -602,7 +617,7 @@ def _udp_loop(
     progress: ProgressCallback | None,
 ) -> None:
     service = make_service(spec.service)
-    template = request_line(spec.size, 0)
+    template = request_line(spec.size, 0, spec.payload)
     w0 = t0 + int(spec.warmup * _NS)
     w1 = w0 + int(spec.duration * _NS)
     timeout_ns = int(UDP_TIMEOUT * _NS)
