@@ -465,3 +465,10 @@ def test_compare_smoke_run_with_baselines(tmp_path: Path) -> None:
         assert by_server[name].errors == 0
     compare.write_markdown(report, str(tmp_path / "perf.md"), None)
     assert "plain asyncio streams" in (tmp_path / "perf.md").read_text()
+
+
+def test_scenario_lists() -> None:
+    assert compare.parse_list("all", compare.SCENARIOS) == compare.SCENARIOS
+    assert compare.parse_list("tcp16, bulk", compare.SCENARIOS) == ("tcp16", "bulk")
+    with pytest.raises(ConfigError, match="tcp17"):
+        compare.parse_list("tcp17", compare.SCENARIOS)

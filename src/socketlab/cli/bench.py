@@ -95,7 +95,13 @@ def add_parser(subparsers: Any) -> None:
         help=_("comma-separated: tcp16, tcp256, udp16, bulk, idle, startup (default: all)"),
     )
     cmp.add_argument(
-        "--servers", default="all", help=_("comma-separated server names to include (default: all)")
+        "--servers",
+        default="all",
+        help=_(
+            "comma-separated, from: socketlab, socketlab-asyncio, socketlab-workers2, socketlab-iterative, "
+            "socketlab-threads, socketlab-selectors, uvloop-minimal, asyncio-streams, threading, "
+            "udp-blocking; cserver, the reference, is always included (default: all)"
+        ),
     )
     cmp.add_argument(
         "--bulk-total",
@@ -344,21 +350,21 @@ def handle_compare(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    options = compare.CompareOptions(
-        rounds=args.rounds,
-        duration=args.duration,
-        warmup=args.warmup,
-        scenarios=compare.parse_list(args.scenarios, compare.SCENARIOS),
-        servers=None if args.servers == "all" else tuple(args.servers.split(",")),
-        bulk_total=args.bulk_total,
-        idle_conns=args.idle_conns,
-        startup_runs=args.startup_runs,
-        generator=args.generator,
-        cbench=args.cbench,
-        pin=not args.no_pin,
-        command="socketlab " + shlex.join(sys.argv[1:]),
-    )
     try:
+        options = compare.CompareOptions(
+            rounds=args.rounds,
+            duration=args.duration,
+            warmup=args.warmup,
+            scenarios=compare.parse_list(args.scenarios, compare.SCENARIOS),
+            servers=None if args.servers == "all" else tuple(args.servers.split(",")),
+            bulk_total=args.bulk_total,
+            idle_conns=args.idle_conns,
+            startup_runs=args.startup_runs,
+            generator=args.generator,
+            cbench=args.cbench,
+            pin=not args.no_pin,
+            command="socketlab " + shlex.join(sys.argv[1:]),
+        )
         report = compare.run_compare(options, log)
     except ConfigError as exc:
         print(_("socketlab bench compare: {error}").format(error=exc), file=sys.stderr)
