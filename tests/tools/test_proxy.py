@@ -766,7 +766,7 @@ def test_cli_verbose_loss_and_summary() -> None:
         target.bind(("127.0.0.1", 0))
         args = ["udp", "--listen", "0", "--to", f"127.0.0.1:{target.getsockname()[1]}", "--loss", "1", "-v"]
         with proxy_process(args) as proxy, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            assert "loss 1" in proxy.lines[1]
+            assert "loss 100%" in proxy.lines[1]
             for i in range(5):
                 client.sendto(b"hello %d\n" % i, ("127.0.0.1", proxy.port))
             lines = proxy.read_stderr_until(lambda lines: sum(" drop " in line for line in lines) == 5)
@@ -784,7 +784,7 @@ def test_cli_tcp_json_summary() -> None:
     with start_serve(["tcp", "--host", "127.0.0.1", "--port", "0"]) as server:
         args = ["tcp", "--listen", "0", "--to", f"127.0.0.1:{server.port('tcp')}", "--slice", "3", "--json"]
         with proxy_process(args) as proxy:
-            assert "slices of 3 bytes" in proxy.lines[1]
+            assert "3-byte slices" in proxy.lines[1]
             payload = _lines(50)
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
                 sock.sendall(payload)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from socketlab.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from socketlab.errors import ConfigError, SocketlabError
-from socketlab.i18n import _
+from socketlab.i18n import _, ngettext
 
 if TYPE_CHECKING:
     from socketlab.tools.proxy.common import ProxyEvent
@@ -263,7 +263,7 @@ def describe_faults(proto: str, faults: Any) -> str:
         for name, label in (("loss", _("loss")), ("dup", _("dup")), ("reorder", _("reorder"))):
             value = getattr(faults, name)
             if value:
-                parts.append(f"{label} {value:.4g}")
+                parts.append(f"{label} {value * 100:.4g}%")
     if faults.delay or faults.jitter:
         delay = f"{faults.delay * 1000:g}"
         if faults.jitter:
@@ -273,7 +273,7 @@ def describe_faults(proto: str, faults: Any) -> str:
         if faults.bandwidth:
             parts.append(_("bandwidth {rate:g} bytes/s").format(rate=faults.bandwidth))
         if faults.slice:
-            parts.append(_("slices of {n} bytes").format(n=faults.slice))
+            parts.append(_("{n}-byte slices").format(n=faults.slice))
         if faults.reset_after:
             parts.append(_("reset after {n} bytes").format(n=faults.reset_after))
     return ", ".join(parts) if parts else _("no faults")
@@ -324,7 +324,8 @@ def format_summary(stats: dict[str, Any]) -> str:
     )
     directions = (("to_server", "client->server"), ("to_client", "server->client"))
     if stats["proto"] == "udp":
-        lines = [head + ", " + _("{n} client(s)").format(n=stats["clients"])]
+        n = stats["clients"]
+        lines = [head + ", " + ngettext("{n} client", "{n} clients", n).format(n=n)]
         widths = [max(len(name), 9) for name in UDP_COLUMNS]
         lines.append(" " * 16 + " ".join(name.rjust(w) for name, w in zip(UDP_COLUMNS, widths, strict=True)))
         for key, label in directions:
@@ -334,13 +335,11 @@ def format_summary(stats: dict[str, Any]) -> str:
         if stats["unreachable"]:
             lines.append(_("server unreachable {n} time(s) (ICMP)").format(n=stats["unreachable"]))
         return "\n".join(lines)
-    counts = _("{connections} connection(s), {refused} refused, {resets} reset, {forwarded} reset passed on")
-    counts = counts.format(
-        connections=stats["connections"],
-        refused=stats["refused"],
-        resets=stats["resets"],
-        forwarded=stats["resets_forwarded"],
-    )
+    n = stats["connections"]
+    counts = ngettext("{n} connection", "{n} connections", n).format(n=n)
+    resets = _("{refused} refused by the server, {resets} reset by the proxy, {passed} resets passed on")
+    resets = resets.format(refused=stats["refused"], resets=stats["resets"], passed=stats["resets_forwarded"])
+    counts += ", " + resets
     lines = [f"{head}, {counts}"]
     for key, label in directions:
         row = stats[key]

@@ -319,6 +319,8 @@ class UdpProxy:
         number = flow.links[direction].counters.received
         if fate.lost:
             self._emit("drop", flow, direction, data, number=number)
+            for d in fate.sends:  # a datagram held back goes on, in order, since nothing overtook it
+                self._emit("forward", flow, direction, d.data, delay=d.delay, detail="released")
         elif fate.held:
             self._emit("hold", flow, direction, data, number=number)
         else:
