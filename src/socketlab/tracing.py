@@ -37,6 +37,12 @@ PREVIEW_BYTES = 64
 # Below a millisecond the call did not wait for the network; showing the time would only be noise.
 BLOCKED_SHOWN = 0.001
 
+# The `error` of an event is for tools too, so it stays in English: the OS's strerror, or one of
+# these fixed words, which the human printer translates.
+WOULD_BLOCK = "would block"  # EAGAIN on a non-blocking socket: nothing ready, try after select()
+TIMED_OUT = "timed out"  # the socket's timeout (settimeout) ran out; Python's own word for it
+INTERRUPTED = "interrupted"  # Ctrl-C while blocked in the call
+
 
 @dataclass(frozen=True)
 class CallEvent:
@@ -137,7 +143,12 @@ def format_event(event: CallEvent, explain: dict[str, str] | None = None) -> str
         parts.append(_format_data(event.data))
     line = f"{event.name}({', '.join(parts)})"
     if event.error is not None:
-        line += " -> " + _("error: {reason}").format(reason=event.error)
+        reason = {
+            WOULD_BLOCK: _("would block: nothing ready yet on this non-blocking socket"),
+            TIMED_OUT: _("timed out"),
+            INTERRUPTED: _("interrupted"),
+        }.get(event.error, event.error)
+        line += " -> " + _("error: {reason}").format(reason=reason)
     elif event.result is not None:
         shown = []
         for key, value in event.result.items():
@@ -275,10 +286,14 @@ def _with_flags(args: dict[str, Any], flags: int) -> dict[str, Any]:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BlockingIOError):
+        return WOULD_BLOCK
+    if isinstance(exc, TimeoutError):
+        return TIMED_OUT
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+        return INTERRUPTED
     return str(exc) or type(exc).__name__
 
 
