@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -364,3 +366,37 @@ def test_every_interface_means_ipv4_and_ipv6_side_by_side() -> None:
     assert list(bind_addresses(everywhere, socket.SOCK_STREAM)) == expected
     loopback = Listener("udp", "upper", "127.0.0.1", 0)
     assert list(bind_addresses(loopback, socket.SOCK_DGRAM)) == [(socket.AF_INET, "127.0.0.1")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", MODELS)
+def test_many_clients_sending_in_random_pieces_all_get_every_answer_in_order(model: str) -> None:
+    clients, lines_each = 20, 200
+    failures: list[str] = []
+
+    def one_client(index: int, address: tuple[str, int]) -> None:
+        rng = random.Random(index)
+        lines = [f"client {index} line {n} ação\n".encode() for n in range(lines_each)]
+        data = b"".join(lines)
+        expected = b"".join(line.decode().upper().encode() for line in lines)
+        with connect(address) as sock:
+            sent = 0
+            while sent < len(data):
+                piece = rng.randint(1, 300)
+                sock.sendall(data[sent : sent + piece])
+                sent += piece
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        if received != expected:
+            failures.append(f"client {index}: {len(received)} of {len(expected)} bytes right")
+
+    with running_server((Listener("tcp", "upper", "127.0.0.1", 0),), model=model) as server:
+        threads = [threading.Thread(target=one_client, args=(i, server.address())) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(CLIENT_TIMEOUT * 4)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
