@@ -55,7 +55,6 @@ DATAGRAM_BUFFER = 65_535
 # After "ERR line too long", how long to read and drop what the client is still sending, so that
 # closing with unread bytes does not reset the connection before the client reads the error.
 LINGER_SECONDS = 1.0
-LINGER_READS = 64
 # When accept() fails for lack of file descriptors, wait this long before trying again.
 ACCEPT_RETRY_SECONDS = 0.1
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -289,10 +288,12 @@ class BlockingServer:
                 self._threads.discard(threading.current_thread())
 
     def _linger(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
+        """FIN after the error line, then read and drop until the client goes (or LINGER_SECONDS)."""
+        deadline = _Deadline(LINGER_SECONDS)
+        with contextlib.suppress(OSError):  # a reset or the timeout: either way, we close now
             conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(LINGER_SECONDS)
-            for _attempt in range(LINGER_READS):
+            while deadline.left() > 0:
+                conn.settimeout(deadline.left())
                 if not conn.recv(READ_CHUNK):
                     break
 
