@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import pytest
@@ -42,6 +43,7 @@ from socketlab.tools.proxy.udp import open_udp_proxy
 from socketlab.transports.loop import available_loops
 from socketlab.transports.loop import run as run_loop
 from socketlab.transports.udp_client import exchange_udp
+from tests.conftest import needs_ipv6
 from tests.helpers import cli_env, start_serve
 
 Address = tuple[str, int]
@@ -264,11 +266,11 @@ class _Recorder(asyncio.DatagramProtocol):
             self.endpoint.transport.sendto(answer, addr)
 
 
-async def open_endpoint(answer: bool = False) -> Endpoint:
+async def open_endpoint(answer: bool = False, host: str = "127.0.0.1") -> Endpoint:
     """`answer`: a tiny upper-case UDP server built on the core service; otherwise a client."""
     loop = asyncio.get_running_loop()
     _transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _Recorder(answer), local_addr=("127.0.0.1", 0)
+        lambda: _Recorder(answer), local_addr=(host, 0)
     )
     assert protocol.endpoint is not None
     return protocol.endpoint
@@ -503,6 +505,27 @@ def test_udp_each_client_gets_its_own_answers_and_flows_are_bounded(loop_name: s
     run_test(main(), loop_name)
 
 
+@pytest.mark.timeout(20)
+def test_udp_server_down_is_counted_not_fatal(loop_name: str) -> None:
+    async def main() -> None:
+        # A port nobody listens on: the kernel answers with ICMP port unreachable.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        events: list[ProxyEvent] = []
+        async with open_udp_proxy(("127.0.0.1", closed_port), on_event=events.append) as proxy:
+            client = await open_endpoint()
+            for i in range(1, 4):
+                client.transport.sendto(b"anyone? %d" % i, proxy.address)
+                await wait_until(partial(lambda n: proxy.unreachable_errors >= n, i))
+            assert proxy.stats()["unreachable"] >= 3
+            assert proxy.counters(Direction.TO_SERVER).forwarded == 3
+            client.transport.close()
+        assert any(e.kind == "unreachable" for e in events)
+
+    run_test(main(), loop_name)
+
+
 # --- TCP on real sockets ----------------------------------------------------------------------------
 
 
@@ -652,6 +675,30 @@ def test_tcp_server_reset_is_passed_on_and_refusal_too(loop_name: str) -> None:
                     await reader.read()
                 writer.close()
                 assert proxy.stats()["refused"] == 1
+
+    run_test(main(), loop_name)
+
+
+@needs_ipv6
+@pytest.mark.timeout(20)
+def test_ipv6_both_ways(loop_name: str) -> None:
+    async def main() -> None:
+        server = await open_endpoint(answer=True, host="::1")
+        async with open_udp_proxy(server.address, listen=("::1", 0)) as proxy:
+            assert proxy.address[0] == "::1"
+            client = await open_endpoint(host="::1")
+            client.transport.sendto(b"over ipv6", proxy.address)
+            await wait_for_len(client.received, 1)
+            assert client.payloads == [b"OVER IPV6"]
+            client.transport.close()
+        server.transport.close()
+        ended: list[BaseException | None] = []
+        loop = asyncio.get_running_loop()
+        tcp_server = await loop.create_server(lambda: _UpperServer(ended), "::1", 0)
+        host, port = tcp_server.sockets[0].getsockname()[:2]
+        async with open_tcp_proxy((host, port), TcpFaults(slice=2), listen=("::1", 0)) as tcp_proxy:
+            assert await exchange(tcp_proxy.address, b"ol\xc3\xa1\n") == "OLÁ\n".encode()
+        tcp_server.close()
 
     run_test(main(), loop_name)
 
