@@ -13,6 +13,7 @@ from socketlab.core.guards import (
     REFLECTION_PORTS,
     AccessList,
     AmplificationGuard,
+    ConnectionGuard,
     ConnectionLimiter,
     DropCounters,
     DropReason,
@@ -444,3 +445,19 @@ def test_refused_sources_spend_no_tokens() -> None:
     assert not guard.admit("198.51.100.1", 5000, 0.0)
     assert guard.rate.tracked == 0
     assert guard.admit("192.0.2.1", 5000, 0.0)
+
+
+def test_connection_guard_counts_both_refusals_and_releases() -> None:
+    guard = ConnectionGuard(
+        access=AccessList(deny=["198.51.100.0/24"]),
+        per_address=ConnectionLimiter(max_per_address=1),
+    )
+    assert guard.check("198.51.100.1") is DropReason.DENIED
+    assert guard.admit("192.0.2.1")
+    assert guard.check("::ffff:192.0.2.1") is DropReason.PER_ADDRESS
+    guard.release("192.0.2.1")
+    assert guard.admit("192.0.2.1")
+    assert guard.counters.snapshot()["denied"] == 1
+    assert guard.counters.snapshot()["per_address"] == 1
+    # A denied address never takes a slot.
+    assert guard.per_address.open_from("198.51.100.1") == 0

@@ -18,8 +18,17 @@ How a transport uses it::
 
     # asyncio.Protocol
     def connection_made(self, transport):
-        if not self.access.allows(transport.get_extra_info("peername")[0]):
-            transport.abort()  # before any byte is read
+        self.host = transport.get_extra_info("peername")[0]
+        if not self.guard.admit(self.host):
+            transport.abort()  # before any byte is read; counted
+            self.host = None
+
+    def connection_lost(self, exc):
+        if self.host is not None:
+            self.guard.release(self.host)
+
+Addresses may be given as the strings sockets report, IPv4-mapped IPv6 included (`::ffff:10.0.0.1`
+is treated as 10.0.0.1 everywhere), or as `ipaddress` objects.
 """
 
 from __future__ import annotations
@@ -464,7 +473,39 @@ class AmplificationGuard:
         return self.error if len(self.error) <= len(request) else None
 
 
-# --- all together, for a UDP server --------------------------------------------------------------------
+# --- all together: one guard per kind of server ---------------------------------------------------------
+
+
+class ConnectionGuard:
+    """The checks for a new TCP connection, access list first; refusals are counted in `counters`."""
+
+    def __init__(
+        self,
+        access: AccessList | None = None,
+        per_address: ConnectionLimiter | None = None,
+        counters: DropCounters | None = None,
+    ) -> None:
+        self.counters = counters if counters is not None else DropCounters()
+        self.access = access if access is not None else AccessList()
+        self.per_address = per_address if per_address is not None else ConnectionLimiter()
+        # The limiter counts its own refusals: make it count them here.
+        self.per_address.counters = self.counters
+
+    def check(self, host: str | IPAddress) -> DropReason | None:
+        """None to keep the connection (it is then counted as open until `release`), or why not."""
+        if not self.access.allows(host):
+            self.counters.count(DropReason.DENIED)
+            return DropReason.DENIED
+        if not self.per_address.acquire(host):
+            return DropReason.PER_ADDRESS
+        return None
+
+    def admit(self, host: str | IPAddress) -> bool:
+        return self.check(host) is None
+
+    def release(self, host: str | IPAddress) -> None:
+        """A connection that was admitted has closed."""
+        self.per_address.release(host)
 
 
 class UdpGuard:
