@@ -679,6 +679,28 @@ def test_tcp_server_reset_is_passed_on_and_refusal_too(loop_name: str) -> None:
     run_test(main(), loop_name)
 
 
+@pytest.mark.timeout(20)
+def test_tcp_server_that_speaks_first(loop_name: str) -> None:
+    # The greeting may arrive before the proxy has finished connecting: it must wait, not vanish.
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            cast(asyncio.Transport, transport).write(b"220 hello\n")
+            cast(asyncio.Transport, transport).close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Greeter, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()[:2]
+        async with open_tcp_proxy((host, port), TcpFaults(delay=0.01)) as proxy:
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection(*proxy.address)
+                assert await reader.read() == b"220 hello\n"
+                writer.close()
+            assert proxy.stats()["to_client"]["bytes"] == 20 * len(b"220 hello\n")
+        server.close()
+
+    run_test(main(), loop_name)
+
+
 @needs_ipv6
 @pytest.mark.timeout(20)
 def test_ipv6_both_ways(loop_name: str) -> None:
