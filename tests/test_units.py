@@ -110,3 +110,8 @@ def test_rates() -> None:
     for bad in ("0", "-5", "inf", "10M/s", "fast", "0MB/s"):
         with pytest.raises(ConfigError):
             parse_rate(bad)
+
+
+def test_durations_are_finite() -> None:
+    with pytest.raises(ConfigError):
+        parse_duration("9" * 400 + "s")

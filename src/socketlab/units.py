@@ -94,7 +94,10 @@ def parse_duration(text: str) -> float:
     if m is None:
         raise ConfigError(f"not a duration: {text!r} (examples: 1, 0.5s, 250ms, 50us)")
     unit = (m.group(2) or "s").lower()
-    return float(Decimal(m.group(1)) * DURATION_UNITS[unit])
+    seconds = float(Decimal(m.group(1)) * DURATION_UNITS[unit])
+    if not math.isfinite(seconds):
+        raise ConfigError(f"duration too long: {text!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -443,3 +443,10 @@ def test_netns_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["speed", "--netns", "20000"]) == EXIT_USAGE  # datagrams per second is not a link rate
     assert main(["speed", "--netns", "10Mbit/s", "--to", "127.0.0.1:9"]) == EXIT_USAGE
     assert capsys.readouterr().err.count("socketlab speed:") == 3
+
+
+def test_runs_that_would_never_end_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["speed", "--duration", "7200"]) == EXIT_USAGE
+    assert main(["speed", "--recv-delay", "5s"]) == EXIT_USAGE
+    assert main(["speed", "--duration", "9" * 400]) == EXIT_USAGE
+    assert capsys.readouterr().err.count("socketlab speed:") == 3

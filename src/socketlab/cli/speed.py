@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from socketlab.tools.speed import Point, PointResult, RunResult, SpeedResult
 
 DEFAULT_CHUNK = "64K"
+# Bounds that keep a typing mistake from starting a run that never ends.
+MAX_DURATION = 3600.0  # seconds per run
+MAX_RECV_DELAY = 1.0  # seconds per recv()
 
 
 def add_parser(subparsers: Any) -> None:
@@ -148,6 +151,13 @@ def build_config(args: argparse.Namespace) -> Any:
     duration = parse_duration(args.duration)
     if duration <= 0:
         raise ConfigError(_("--duration must be above zero"))
+    if duration > MAX_DURATION:
+        raise ConfigError(
+            _("--duration is per run: at most {limit}").format(limit=format_duration(MAX_DURATION))
+        )
+    recv_delay = parse_duration(args.recv_delay)
+    if recv_delay > MAX_RECV_DELAY:
+        raise ConfigError(_("--recv-delay is per recv() call: at most {limit}").format(limit="1s"))
     max_bytes = parse_size(args.bytes) if args.bytes else None
     if args.buf is not None and (args.sndbuf != "auto" or args.rcvbuf != "auto"):
         raise ConfigError(_("--buf sets both buffers: use it or --sndbuf/--rcvbuf, not both"))
@@ -182,7 +192,7 @@ def build_config(args: argparse.Namespace) -> Any:
         repeat=args.repeat,
         max_bytes=max_bytes,
         rate=parse_rate(args.rate) if args.rate else None,
-        recv_delay=parse_duration(args.recv_delay),
+        recv_delay=recv_delay,
         to=_address(args.to) if args.to else None,
         host="127.0.0.1" if args.host == "localhost" else args.host,
         probe_interval=parse_duration(args.probe_interval),
