@@ -31,7 +31,8 @@ UDP_HEADER = struct.Struct("!QQ")  # sequence number, send time in ns (0: not a 
 # Longest any single send()/recv() may block; the loops check their deadlines in between.
 IO_TIMEOUT = 0.5
 # A UDP receiver that heard nothing for this long after the sender finished has read all there is:
-# on loopback a datagram is in the receive queue (or dropped) before the sender's sendto() returns.
+# on loopback a datagram reaches the receive queue (or is dropped) microseconds after the sender's
+# send(), even when the kernel defers that work to its softirq thread.
 QUIET = 0.1
 # After the sending window, a slow receiver (--recv-delay) keeps its pace this long, then reads the
 # rest at full speed (and says so), so draining big buffers slowly cannot make a run last for ever.
