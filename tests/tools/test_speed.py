@@ -267,8 +267,8 @@ def made_up_result(proto: str) -> SpeedResult:
 
 TOP_KEYS = {"schema", "started", "interrupted", "machine", "kernel", "settings", "points"}
 SETTINGS_KEYS = {
-    "proto", "to", "receiver", "duration", "repeat", "max_bytes", "rate", "recv_delay", "probe_interval",
-    "netns",
+    "proto", "to", "receiver", "host", "duration", "repeat", "max_bytes", "rate", "recv_delay",
+    "probe_interval", "netns",
 }  # fmt: skip
 POINT_KEYS = {
     "proto", "chunk", "recv_chunk", "sndbuf", "rcvbuf", "throughput", "send_rate", "probe_latency",
@@ -333,6 +333,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         ["speed", "--chunk", "all"],
         ["speed", "--to", "nowhere"],
         ["speed", "--repeat", "0"],
+        ["speed", "--proto", "udp", "--recv-chunk", "1K"],
     ):
         assert main(argv) == EXIT_USAGE, argv
         assert "socketlab speed:" in capsys.readouterr().err

@@ -71,6 +71,8 @@ def make_points(
     one send() (TCP), the largest datagram (UDP)."""
     if proto not in ("tcp", "udp"):
         raise ConfigError(f"unknown protocol {proto!r}: use tcp or udp")
+    if proto == "udp" and recv_chunk is not None:
+        raise ConfigError("UDP reads each datagram whole: there is no receive chunk to choose")
     pairs = [(b, b) for b in bufs] if bufs is not None else [(s, r) for s in sndbufs for r in rcvbufs]
     points = []
     for sndbuf, rcvbuf in pairs:
@@ -302,6 +304,7 @@ class SpeedResult:
                 "proto": c.proto,
                 "to": None if c.to is None else f"{c.to[0]}:{c.to[1]}",
                 "receiver": "remote" if c.to is not None else "netns" if c.netns is not None else "local",
+                "host": None if c.to is not None or c.netns is not None else c.host,
                 "duration": c.duration,
                 "repeat": c.repeat,
                 "max_bytes": c.max_bytes,
