@@ -10,7 +10,8 @@ SERVIDOR = sys.argv[1] if len(sys.argv) > 1 else "localhost"
 PORTA = int(sys.argv[2]) if len(sys.argv) > 2 else 9898
 
 print("Iniciando cliente")
-with socket.create_connection((SERVIDOR, PORTA)) as socketCliente:
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as socketCliente:
+    socketCliente.connect((SERVIDOR, PORTA))
     socketCliente.sendall(b"Echo\n")  # sendall, not send: send may write only part of the bytes
     # Nothing more to send: say so (FIN). The server sees the end and closes after answering.
     socketCliente.shutdown(socket.SHUT_WR)

@@ -12,7 +12,8 @@ PORTA = int(sys.argv[2]) if len(sys.argv) > 2 else 6789
 
 frase = sys.stdin.readline().rstrip("\n")
 
-with socket.create_connection((SERVIDOR, PORTA)) as cliente:
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as cliente:
+    cliente.connect((SERVIDOR, PORTA))
     # UTF-8, and sendall: Java's writeBytes drops the high byte of every char ("ação" leaves as
     # Latin-1, anything beyond Latin-1 is garbled), and send may write only part of the bytes.
     cliente.sendall(frase.encode("utf-8") + b"\n")
