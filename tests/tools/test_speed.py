@@ -177,7 +177,6 @@ def test_udp_sender_count_checked_by_an_independent_receiver() -> None:
     assert run.udp.lost is None
     assert run.throughput is None
     assert len(set(seqs)) == len(seqs)
-    assert seqs == sorted(seqs)
     assert set(seqs) <= set(range(run.udp.sent))
     assert len(seqs) + dropped == run.udp.sent
     assert dropped > 0  # nobody read during the run: a 32K buffer cannot hold 2,000 datagrams
