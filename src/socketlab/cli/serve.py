@@ -20,12 +20,21 @@ from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from socketlab.config import (
     GRACE,
     IDLE_TIMEOUT,
+    LINE_DEADLINE,
+    MAX_CONNECTIONS,
     MAX_LINE,
+    MAX_PER_ADDRESS,
+    SEND_TIMEOUT,
+    STATS_INTERVAL,
     TCP_UPPER_PORT,
+    UDP_BURST,
+    UDP_RATE,
     UDP_UPPER_PORT,
+    Access,
     Limits,
     Listener,
     ServerConfig,
+    Tls,
     lecture_listeners,
 )
 from socketlab.errors import BindError, ConfigError
@@ -51,13 +60,55 @@ def parse_size(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    """A duration, seconds by default: `30`, `1.5`, `250ms`, `2min` (see socketlab.units)."""
+    from socketlab.units import parse_duration  # noqa: PLC0415 - start-up time
+
     try:
-        value = float(text)
+        return parse_duration(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            _("not a number of seconds (0 or more, or with a unit: 250ms, 2min): {text!r}").format(text=text)
+        ) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(_("not a whole number (0 or more): {text!r}").format(text=text))
+    return value
+
+
+def _rate(text: str) -> float:
+    """Datagrams per second: `100`, `100/s`; 0 turns the limit off."""
+    body = text.strip().removesuffix("/s")
+    try:
+        value = float(body)
     except ValueError:
         value = -1.0
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(_("not a number of seconds (0 or more): {text!r}").format(text=text))
+        raise argparse.ArgumentTypeError(
+            _("not a rate in datagrams per second (like 100 or 100/s, 0 for no limit): {text!r}").format(
+                text=text
+            )
+        )
     return value
+
+
+def _network(text: str) -> str:
+    from socketlab.core.guards import canonical_network  # noqa: PLC0415 - start-up time
+
+    try:
+        canonical_network(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _("not an address or network (like 10.0.0.0/8, 192.168.1.7 or 2001:db8::/32): {text!r}").format(
+                text=text
+            )
+        ) from None
+    return text
 
 
 def _port(text: str) -> int:
@@ -173,6 +224,126 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help=_("close TCP clients silent this long, 0 for never (default: %(default)g)"),
     )
+    limits = parser.add_argument_group(
+        _("limits (0 turns a limit off)"),
+        _("Defaults come from servers that face the internet; docs/reliability.md gives each source."),
+    )
+    limits.add_argument(
+        "--line-deadline",
+        type=_seconds,
+        default=LINE_DEADLINE,
+        metavar="SECONDS",
+        help=_(
+            "close a client whose line has not ended this long after it began, however slowly its "
+            "bytes keep coming (slowloris) (default: %(default)g)"
+        ),
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=_seconds,
+        default=SEND_TIMEOUT,
+        metavar="SECONDS",
+        help=_("disconnect a client that leaves its answers unread this long (default: %(default)g)"),
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_count,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=_(
+            "TCP clients served at once; more get 'ERR busy' and are closed (default: %(default)d, "
+            "lowered with a warning if the file-descriptor limit, ulimit -n, is too small)"
+        ),
+    )
+    limits.add_argument(
+        "--max-per-address",
+        type=_count,
+        default=MAX_PER_ADDRESS,
+        metavar="N",
+        help=_("TCP clients at once from one address, loopback exempt (default: %(default)d)"),
+    )
+    limits.add_argument(
+        "--udp-rate",
+        type=_rate,
+        default=UDP_RATE,
+        metavar="PER_SECOND",
+        help=_(
+            "UDP datagrams a second answered per source address, loopback exempt; the rest are "
+            "dropped (default: %(default)g)"
+        ),
+    )
+    limits.add_argument(
+        "--udp-burst",
+        type=_count,
+        default=UDP_BURST,
+        metavar="N",
+        help=_("UDP datagrams a source may send at once above its rate (default: %(default)d)"),
+    )
+    limits.add_argument(
+        "--limit-loopback",
+        action="store_true",
+        help=_("apply --max-per-address and --udp-rate to loopback clients too"),
+    )
+    limits.add_argument(
+        "--udp-drop-privileged-ports",
+        action="store_true",
+        help=_(
+            "drop UDP datagrams from source ports below 1024 (ports 0, 7, 13, 19 and 37 are always "
+            "dropped: answering them feeds echo/chargen loops)"
+        ),
+    )
+    limits.add_argument(
+        "--stats",
+        action="store_true",
+        help=_(
+            "log a statistics line (clients, refusals, drops, as JSON) every --stats-interval and at exit"
+        ),
+    )
+    limits.add_argument(
+        "--stats-interval",
+        type=_seconds,
+        default=STATS_INTERVAL,
+        metavar="SECONDS",
+        help=_("how often drops are summed up in the log (default: %(default)g)"),
+    )
+    access = parser.add_argument_group(
+        _("access control and TLS"),
+        _(
+            "ncat's rules: with any --allow, only those addresses may connect; --deny wins over "
+            "--allow. A refused TCP client is closed before any byte is read; a refused UDP datagram "
+            "is dropped silently."
+        ),
+    )
+    access.add_argument(
+        "--allow",
+        action="append",
+        type=_network,
+        default=[],
+        metavar="CIDR",
+        help=_("allow this address or network (repeatable)"),
+    )
+    access.add_argument(
+        "--deny",
+        action="append",
+        type=_network,
+        default=[],
+        metavar="CIDR",
+        help=_("deny this address or network (repeatable)"),
+    )
+    access.add_argument(
+        "--allow-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=_("allow the networks listed in FILE (blanks or commas between them, # comments)"),
+    )
+    access.add_argument(
+        "--deny-file", action="append", default=[], metavar="FILE", help=_("deny the networks listed in FILE")
+    )
+    access.add_argument(
+        "--tls-cert", metavar="FILE", help=_("serve TCP over TLS with this PEM certificate chain")
+    )
+    access.add_argument("--tls-key", metavar="FILE", help=_("the private key of --tls-cert (PEM)"))
     parser.add_argument(
         "--model",
         choices=MODELS,
@@ -200,8 +371,13 @@ class UsageError(Exception):
     """Arguments that parse but do not make sense together."""
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    """The server configuration the arguments ask for (no I/O: tests call this directly)."""
+def build_config(
+    args: argparse.Namespace, allow_texts: tuple[str, ...] = (), deny_texts: tuple[str, ...] = ()
+) -> ServerConfig:
+    """The server configuration the arguments ask for (no I/O: tests call this directly).
+
+    `allow_texts`/`deny_texts` are the contents of --allow-file/--deny-file, read by the caller.
+    """
     if args.proto is None:
         if args.service is not None or args.port is not None:
             raise UsageError(_("--service and --port need tcp or udp (e.g. socketlab serve tcp --port 0)"))
@@ -212,10 +388,57 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         if port is None:
             port = _lecture_port(args.proto, service, args.host)
         listeners = (Listener(args.proto, service, args.host, port),)
-    limits = Limits(max_line=args.max_line, idle_timeout=args.idle_timeout)
-    return ServerConfig(
-        listeners=listeners, limits=limits, loop=args.loop, grace=args.grace, verbose=args.verbose
+    limits = Limits(
+        max_line=args.max_line,
+        idle_timeout=args.idle_timeout,
+        line_deadline=getattr(args, "line_deadline", LINE_DEADLINE),
+        send_timeout=getattr(args, "send_timeout", SEND_TIMEOUT),
+        max_connections=getattr(args, "max_connections", MAX_CONNECTIONS),
+        max_per_address=getattr(args, "max_per_address", MAX_PER_ADDRESS),
+        limit_loopback=getattr(args, "limit_loopback", False),
+        udp_rate=getattr(args, "udp_rate", UDP_RATE),
+        udp_burst=max(1, getattr(args, "udp_burst", UDP_BURST)),
+        udp_drop_privileged_ports=getattr(args, "udp_drop_privileged_ports", False),
     )
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if (cert is None) != (key is None):
+        raise UsageError(_("--tls-cert and --tls-key go together"))
+    if cert is not None and args.proto == "udp":
+        raise UsageError(_("TLS is for TCP: --tls-cert needs tcp (or no protocol, for the TCP listeners)"))
+    access = Access(
+        allow=tuple(getattr(args, "allow", ())),
+        deny=tuple(getattr(args, "deny", ())),
+        allow_texts=allow_texts,
+        deny_texts=deny_texts,
+    )
+    return ServerConfig(
+        listeners=listeners,
+        limits=limits,
+        loop=args.loop,
+        grace=args.grace,
+        verbose=args.verbose,
+        access=access,
+        tls=Tls(cert, key) if cert is not None and key is not None else None,
+        stats=getattr(args, "stats", False),
+        stats_interval=getattr(args, "stats_interval", STATS_INTERVAL) or STATS_INTERVAL,
+    )
+
+
+def _read_access_files(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The text of each --allow-file and --deny-file; OSError becomes UsageError naming the file."""
+
+    def read(paths: list[str]) -> tuple[str, ...]:
+        texts = []
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    texts.append(f.read())
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise UsageError(_("cannot read {path}: {reason}").format(path=path, reason=reason)) from exc
+        return tuple(texts)
+
+    return read(getattr(args, "allow_file", [])), read(getattr(args, "deny_file", []))
 
 
 def _lecture_port(proto: str, service: str, host: str | None) -> int:
@@ -251,9 +474,12 @@ def _fail(message: str) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     try:
-        config = build_config(args)
+        config = build_config(args, *_read_access_files(args))
     except UsageError as exc:
         _fail(str(exc))
+        return EXIT_USAGE
+    if args.model != "asyncio" and (config.tls is not None or config.access != Access()):
+        _fail(_("TLS and access lists need the asyncio model (the teaching models stay minimal)"))
         return EXIT_USAGE
     if args.trace and args.model == "asyncio":
         _fail(

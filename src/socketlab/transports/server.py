@@ -8,11 +8,19 @@
   drop whatever is left when the grace period ends. A second signal ends the wait at once.
 
 Log lines go to the stdlib logger "socketlab.server"; configuring handlers is the CLI's business.
+
+Hardening (issue 6): `open_server` fits `max_connections` to the file-descriptor limit, builds the
+guards (access list, per-address cap, UDP source checks and rate limit) from the config, turns the
+event loop's "accept() out of descriptors" reports into at most one log line a second, and every
+STATS_INTERVAL logs what the guards dropped (with `stats`, a full statistics line, also at exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
+import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -20,9 +28,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from socketlab.config import Listener, ServerConfig
+from socketlab.config import Limits, Listener, ServerConfig
+from socketlab.core.guards import (
+    AccessList,
+    ConnectionGuard,
+    ConnectionLimiter,
+    RateLimiter,
+    UdpGuard,
+    UdpSourceGuard,
+)
 from socketlab.core.services import ErrorReporter, Service, make_service
-from socketlab.errors import BindError
+from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _, ngettext
 from socketlab.transports.binding import (
     ALL_IPV6,
@@ -32,7 +48,7 @@ from socketlab.transports.binding import (
     open_listening_sockets,
 )
 from socketlab.transports.loop import loop_name, run
-from socketlab.transports.tcp_server import AdmitHook, TcpConnection, TcpListener
+from socketlab.transports.tcp_server import Admission, AdmitHook, TcpConnection, TcpListener
 from socketlab.transports.udp_server import UdpEndpoint, VerboseUdpEndpoint
 
 LOGGER_NAME = "socketlab.server"
@@ -40,6 +56,15 @@ LOGGER_NAME = "socketlab.server"
 # Loop turns given, after we stop accepting, to read what clients had sent before the signal: each turn
 # polls every socket once, so lines already in the kernel's buffers are read and answered.
 SETTLE_TURNS = 3
+
+# Errors of accept() that mean "no resources right now" rather than "this client failed" (trio's
+# ACCEPT_CAPACITY_ERRNOS): the server must survive them and go on when resources come back.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Descriptors the process needs besides its clients: standard streams, the event loop, the listening
+# sockets, a log file, the interpreter's own. `max_connections` must leave these free.
+FD_RESERVE = 32
+# At most one log line per this many seconds about running out of descriptors.
+CAPACITY_LOG_INTERVAL = 1.0
 
 OnListening = Callable[[str, str, str, int], None]
 """Told (proto, service, host, port) once per listener when it is ready: the CLI prints it."""
@@ -92,6 +117,38 @@ class RunningServer:
         self.tcp_listeners: list[TcpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._udp: list[asyncio.DatagramTransport] = []
+        self.limits: Limits = config.limits  # as fitted to the descriptor limit (see fit_max_connections)
+        self.admission: Admission | None = None
+        self.udp_endpoints: list[tuple[str, UdpEndpoint, UdpGuard]] = []  # (label, endpoint, guard)
+        self.tls: Any = None  # the ssl.SSLContext of TCP listeners, when TLS is on
+        self.capacity_errors = 0  # accept() calls that failed for lack of descriptors or memory
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for people and programs: TCP clients and refusals, UDP drops by reason."""
+        out: dict[str, Any] = {}
+        if self.tcp_listeners:
+            tcp: dict[str, Any] = {"open": len(self.connections)}
+            if self.admission is not None:
+                tcp.update(self.admission.stats())
+            closed: dict[str, int] = {}
+            for listener in self.tcp_listeners:
+                for reason, n in listener.closed_by.items():
+                    closed[reason] = closed.get(reason, 0) + n
+            tcp["closed_by"] = closed
+            tcp["accept_errors"] = self.capacity_errors
+            out["tcp"] = tcp
+        udp: dict[str, dict[str, int]] = {}
+        seen: set[int] = set()
+        for label, endpoint, guard in self.udp_endpoints:
+            entry = udp.setdefault(label, {"send_buffer_full": 0})
+            entry["send_buffer_full"] += endpoint.send_drops
+            if id(guard) not in seen:  # one guard serves every socket of a listener
+                seen.add(id(guard))
+                for name, n in guard.stats().items():
+                    entry[name] = entry.get(name, 0) + n
+        if udp:
+            out["udp"] = udp
+        return out
 
     @property
     def connections(self) -> list[TcpConnection]:
@@ -176,7 +233,14 @@ class RunningServer:
         socks = open_listening_sockets("tcp", listener.host, listener.port)
         label = f"tcp {listener.service}"
         tcp = TcpListener(
-            service, self.config.limits, self.log, label, verbose=self.config.verbose, admit=admit
+            service,
+            self.limits,
+            self.log,
+            label,
+            verbose=self.config.verbose,
+            admit=admit,
+            admission=self.admission,
+            tls=self.tls,
         )
         self.tcp_listeners.append(tcp)
         addresses = tuple((s.getsockname()[0], s.getsockname()[1]) for s in socks)
@@ -198,10 +262,13 @@ class RunningServer:
         label = f"udp {listener.service}"
         endpoint_class = VerboseUdpEndpoint if self.config.verbose else UdpEndpoint
         addresses = tuple((s.getsockname()[0], s.getsockname()[1]) for s in socks)
+        guard = self._udp_guard()
+        limits = self.limits
         for i, sock in enumerate(socks):
             try:
-                transport, _protocol = await loop.create_datagram_endpoint(
-                    lambda: endpoint_class(service, self.log, label), sock=sock
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: endpoint_class(service, self.log, label, guard, limits.udp_send_buffer),
+                    sock=sock,
                 )
             except OSError as exc:
                 for rest in socks[i:]:
@@ -209,7 +276,133 @@ class RunningServer:
                 where = format_address(addresses[i][0], addresses[i][1])
                 raise BindError(describe_bind_error(exc, "udp", where)) from exc
             self._udp.append(transport)
+            self.udp_endpoints.append((label, protocol, guard))
         return addresses
+
+    # -- hardening
+
+    def _access(self) -> AccessList:
+        access = self.config.access
+        try:
+            return AccessList.from_files(access.allow, access.deny, access.allow_texts, access.deny_texts)
+        except ValueError as exc:
+            message = _("bad address or network in the access list: {error}").format(error=exc)
+            raise ConfigError(message) from exc
+
+    def _prepare(self) -> None:
+        """Everything the listeners share, built once before any is bound."""
+        limits = self.limits = fit_max_connections(self.config.limits, self.log)
+        access = self._access()
+        guard = ConnectionGuard(access, ConnectionLimiter(limits.max_per_address, limits.limit_loopback))
+        self.admission = Admission(limits.max_connections, guard)
+        tls = self.config.tls
+        if tls is not None:
+            from socketlab.transports.tls import server_context  # noqa: PLC0415 - ssl only when asked
+
+            self.tls = server_context(tls.cert, tls.key)
+
+    def _udp_guard(self) -> UdpGuard:
+        limits = self.limits
+        rate = RateLimiter(limits.udp_rate, limits.udp_burst, limits.limit_loopback)
+        return UdpGuard(self._access(), UdpSourceGuard(limits.udp_drop_privileged_ports), rate)
+
+    def on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: accept() out of descriptors is logged once a second at most.
+
+        asyncio's loop reports EMFILE on accept with a traceback, stops accepting for one second and
+        tries again (the clients wait in the backlog). uvloop (libuv) closes a reserved descriptor,
+        accepts and closes the waiting clients at once, and reports nothing. Either way the server
+        goes on; this keeps the log to one line a second instead of a traceback each time.
+        """
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            self.capacity_errors += 1
+            now = loop.time()
+            if now >= self._capacity_logged_at + CAPACITY_LOG_INTERVAL:
+                self._capacity_logged_at = now
+                self.log.warning(
+                    _("cannot accept new clients: %(error)s (%(count)d times so far); retrying"),
+                    {"error": exc.strerror or exc, "count": self.capacity_errors},
+                )
+            return
+        loop.default_exception_handler(context)
+
+    _capacity_logged_at = float("-inf")
+
+    async def report_periodically(self, interval: float) -> None:
+        """Every `interval`: what was dropped since the last report; with `stats`, everything."""
+        previous = _drop_totals(self.stats())
+        while True:
+            await asyncio.sleep(interval)
+            current = self.stats()
+            totals = _drop_totals(current)
+            news = {k: v - previous.get(k, 0) for k, v in totals.items() if v != previous.get(k, 0)}
+            previous = totals
+            if news:
+                self.log.info(
+                    _("dropped or refused in the last %(seconds)g s: %(counts)s"),
+                    {"seconds": interval, "counts": ", ".join(f"{k} {v}" for k, v in sorted(news.items()))},
+                )
+            if self.config.stats:
+                self.log_stats()
+
+    def log_stats(self) -> None:
+        # JSON, not translated: the line is for programs (the soak script) as much as for people.
+        self.log.info(_("statistics: %(stats)s"), {"stats": json.dumps(self.stats(), sort_keys=True)})
+
+
+def _drop_totals(stats: dict[str, Any]) -> dict[str, int]:
+    """Every refusal counter as one flat mapping `tcp busy`, `udp upper rate_limited`..., non-zero only."""
+    flat: dict[str, int] = {}
+    tcp = stats.get("tcp", {})
+    for key in ("busy", "denied", "accept_errors"):
+        if tcp.get(key):
+            flat[f"tcp {key}"] = tcp[key]
+    for reason, n in tcp.get("closed_by", {}).items():
+        if n:
+            flat[f"tcp {reason}"] = n
+    for label, counts in stats.get("udp", {}).items():
+        for reason, n in counts.items():
+            if n:
+                flat[f"{label} {reason}"] = n
+    return flat
+
+
+def fit_max_connections(limits: Limits, log: logging.Logger) -> Limits:
+    """`limits` with `max_connections` that the file-descriptor limit can hold.
+
+    Raises the soft limit (RLIMIT_NOFILE) up to the hard one when that is enough; otherwise lowers
+    `max_connections` and says so once, so extra clients get ERR busy instead of the server failing
+    on accept.
+    """
+    wanted = limits.max_connections
+    if not wanted:
+        return limits
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:
+        return limits  # Windows: no such limit to check
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass  # not allowed to raise it: fall through and lower max_connections instead
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return limits
+    allowed = max(1, soft - FD_RESERVE)
+    log.warning(
+        _(
+            "--max-connections lowered from %(wanted)d to %(allowed)d: this process may open only "
+            "%(limit)d files (ulimit -n); raise that limit to serve more clients at once"
+        ),
+        {"wanted": wanted, "allowed": allowed, "limit": soft},
+    )
+    return dataclasses.replace(limits, max_connections=allowed)
 
 
 async def _turns(count: int) -> None:
@@ -238,13 +431,18 @@ async def open_server(
     given, is asked about each new TCP client's address and may refuse it.
     """
     log = log or logging.getLogger(LOGGER_NAME)
-    running = RunningServer(config, log, loop_name(asyncio.get_running_loop()))
+    loop = asyncio.get_running_loop()
+    running = RunningServer(config, log, loop_name(loop))
     # Every service first: a typo in one must not leave the others bound.
     services = [
         (lst, make_service(lst.service, _error_reporter(log, f"{lst.proto} {lst.service}", config.verbose)))
         for lst in config.listeners
     ]
+    running._prepare()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(running.on_loop_error)
     bound: list[BoundListener] = []
+    reporter: asyncio.Task[None] | None = None
     try:
         for listener, service in services:
             if listener.proto == "tcp":
@@ -253,10 +451,17 @@ async def open_server(
                 addresses = await running._start_udp(listener, service)
             bound.append(BoundListener(listener, addresses))
         running.listeners = tuple(bound)
+        reporter = loop.create_task(running.report_periodically(config.stats_interval))
         yield running
     finally:
+        if reporter is not None:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
         running.abort()
         await running._settle()
+        if config.stats:
+            running.log_stats()
+        loop.set_exception_handler(previous_handler)
 
 
 def _install_signal_handlers(

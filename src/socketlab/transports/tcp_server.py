@@ -7,6 +7,11 @@ The per-chunk path (`TcpConnection.data_received`) is measured against a C epoll
 the least it can: hand the bytes to the session, write what comes back. No timers are touched there
 (the idle timeout is a periodic sweep per listener, see `TcpListener`), nothing is logged unless -v
 chose the verbose class, and nothing is allocated beyond the answer itself.
+
+Hardening (issue 6) lives outside that path: who may connect and how many is decided once, in
+`connection_made` (`Admission`); the line deadline and the send timeout are checked by the same
+periodic sweep as the idle timeout; TLS is started after the admission check, so a refused client is
+closed before any byte of it is read, handshake included.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, cast
 
 from socketlab.config import Limits
 from socketlab.core.framing import LineFramer
+from socketlab.core.guards import ConnectionGuard, DropReason
 from socketlab.core.services import Service
 from socketlab.core.session import StreamSession
 from socketlab.errors import LineTooLong
@@ -38,6 +44,63 @@ SWEEPS_PER_TIMEOUT = 4
 LINGER = 2.0
 
 
+# One line to a client turned away because the server (or its address) has too many connections.
+ERR_BUSY = b"ERR busy\n"
+# A client turned away gets this long to read ERR busy before its socket is dropped; short, since
+# the point of refusing it is to give its descriptor back.
+BUSY_LINGER = 0.5
+
+# What `Admission.check` decides about a new connection.
+ADMITTED, REFUSED, BUSY = "admitted", "refused", "busy"
+
+
+class Admission:
+    """What all TCP listeners of one server share: how many clients are served, and who may connect.
+
+    Decided once per connection, when it is accepted: the access list (a refused client is closed
+    before any byte is read), then the per-address cap and `max_connections` (a client over either
+    is told `ERR busy`). Counts what it refused for the statistics.
+    """
+
+    def __init__(self, max_connections: int = 0, guard: ConnectionGuard | None = None) -> None:
+        self.max_connections = max_connections
+        self.guard = guard
+        self.open = 0
+        self.accepted = 0  # connections admitted since the start
+        self.busy = 0  # turned away with ERR busy, every reason together
+        self.lingering = 0  # turned-away connections still reading their ERR busy
+
+    def check(self, host: Any) -> str:
+        guard = self.guard
+        if guard is not None:
+            reason = guard.check(host)
+            if reason is DropReason.DENIED:
+                return REFUSED
+            if reason is not None:
+                self.busy += 1
+                return BUSY
+        if self.max_connections and self.open >= self.max_connections:
+            if guard is not None:
+                guard.release(host)
+            self.busy += 1
+            return BUSY
+        self.open += 1
+        self.accepted += 1
+        return ADMITTED
+
+    def release(self, host: Any) -> None:
+        self.open -= 1
+        if self.guard is not None:
+            self.guard.release(host)
+
+    def stats(self) -> dict[str, int]:
+        out = {"open": self.open, "accepted": self.accepted, "busy": self.busy}
+        if self.guard is not None:
+            out["denied"] = self.guard.counters[DropReason.DENIED]
+            out["per_address"] = self.guard.counters[DropReason.PER_ADDRESS]
+        return out
+
+
 def _discard(data: bytes) -> bytes:
     del data
     return b""
@@ -55,35 +118,74 @@ class TcpListener:
         *,
         verbose: bool = False,
         admit: AdmitHook | None = None,
+        admission: Admission | None = None,
+        tls: Any = None,
     ) -> None:
         self.service = service
         self.limits = limits
         self.log = log
         self.label = label  # "tcp upper": says which listener a log line is about
         self.admit = admit
+        self.admission = admission
+        self.tls = tls  # an ssl.SSLContext when this listener speaks TLS
         self.connections: set[TcpConnection] = set()
         self.connection_class: type[TcpConnection] = VerboseTcpConnection if verbose else TcpConnection
         self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_interval = limits.idle_timeout / SWEEPS_PER_TIMEOUT
+        # One sweep serves every timeout: it runs SWEEPS_PER_TIMEOUT times per the shortest one, and
+        # each timeout is a number of sweeps (so each fires between 1 and 1.25 times its value).
+        timeouts = [t for t in (limits.idle_timeout, limits.line_deadline, limits.send_timeout) if t > 0]
+        self._sweep_interval = min(timeouts) / SWEEPS_PER_TIMEOUT if timeouts else 0.0
+        self._idle_sweeps = self._sweeps(limits.idle_timeout)
+        self._deadline_sweeps = self._sweeps(limits.line_deadline)
+        self._send_sweeps = self._sweeps(limits.send_timeout)
         self._all_gone: asyncio.Future[None] | None = None
+        # Connections closed by each limit, for the statistics (counted off the per-chunk path).
+        self.closed_by: dict[str, int] = dict.fromkeys(
+            ("idle", "line_deadline", "send_timeout", "line_too_long", "tls_failed"), 0
+        )
+
+    def _sweeps(self, timeout: float) -> int:
+        return max(1, round(timeout / self._sweep_interval)) if timeout > 0 else 0
 
     def protocol_factory(self) -> TcpConnection:
         return self.connection_class(self)
 
     # -- the connection's life, called by TcpConnection
 
-    def welcome(self, conn: TcpConnection, peername: Any) -> bool:
+    def welcome(self, conn: TcpConnection, peername: Any) -> str:
+        """ADMITTED (the connection is now served), REFUSED (drop it unread) or BUSY (ERR busy)."""
         if self.admit is not None and not self.admit(peername):
             self.log.info(_("%(listener)s: %(peer)s refused"), {"listener": self.label, "peer": conn.peer})
-            return False
+            return REFUSED
+        if self.admission is not None:
+            host = peername[0] if isinstance(peername, tuple) else peername
+            verdict = self.admission.check(host)
+            if verdict is REFUSED:
+                self.log.info(
+                    _("%(listener)s: %(peer)s refused by the access list"),
+                    {"listener": self.label, "peer": conn.peer},
+                )
+                return REFUSED
+            if verdict is BUSY:
+                # No log line per client turned away: under a flood that would be the flood. They are
+                # counted, and the count is logged with the other statistics.
+                return BUSY
+            conn.host = host
         self.connections.add(conn)
         self.log.info(_("%(listener)s: %(peer)s connected"), {"listener": self.label, "peer": conn.peer})
-        return True
+        return ADMITTED
 
     def farewell(self, conn: TcpConnection, exc: Exception | None) -> None:
         if conn not in self.connections:
-            return  # refused by the admit hook: never welcomed
+            if conn.turned_away:
+                conn.turned_away = False
+                if self.admission is not None:
+                    self.admission.lingering -= 1
+            return  # refused or turned away: never welcomed
         self.connections.discard(conn)
+        if conn.host is not None and self.admission is not None:
+            self.admission.release(conn.host)
+            conn.host = None
         reason = conn.close_reason
         if reason is None and exc is not None:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -98,7 +200,7 @@ class TcpListener:
     # -- idle timeout
 
     def start_idle_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.limits.idle_timeout > 0:
+        if self._sweep_interval > 0:
             self._sweeper = loop.call_later(self._sweep_interval, self._sweep, loop)
 
     def stop_idle_sweep(self) -> None:
@@ -107,11 +209,33 @@ class TcpListener:
             self._sweeper = None
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        limit = SWEEPS_PER_TIMEOUT
+        idle, deadline, send = self._idle_sweeps, self._deadline_sweeps, self._send_sweeps
         for conn in list(self.connections):
             conn.quiet += 1
-            if conn.quiet > limit:
+            if idle and conn.quiet > idle:
                 conn.idle_out(self.limits.idle_timeout)
+                self.closed_by["idle"] += 1
+                continue
+            if deadline:
+                # Slowloris: bytes keep coming (so the idle timer never fires) but no line ends. A line
+                # is "pending since" the sweep that first saw it and no answer since.
+                if conn.answered:
+                    conn.answered = False
+                    conn.partial = 0
+                if conn.pending:
+                    conn.partial += 1
+                    if conn.partial > deadline:
+                        conn.deadline_out(self.limits.line_deadline)
+                        self.closed_by["line_deadline"] += 1
+                        continue
+                else:
+                    conn.partial = 0
+            if send and conn.reading_paused:
+                # Paused means our answers are above the high-water mark: the client is not reading.
+                conn.stalled += 1
+                if conn.stalled > send:
+                    conn.send_out(self.limits.send_timeout)
+                    self.closed_by["send_timeout"] += 1
         self._sweeper = loop.call_later(self._sweep_interval, self._sweep, loop)
 
     # -- shutdown
@@ -147,11 +271,16 @@ class TcpConnection(asyncio.Protocol):
         "_session",
         "_transport",
         "_write",
+        "answered",
         "close_reason",
         "draining",
+        "host",
+        "partial",
         "peer",
         "quiet",
         "reading_paused",
+        "stalled",
+        "turned_away",
     )
 
     def __init__(self, listener: TcpListener) -> None:
@@ -163,6 +292,11 @@ class TcpConnection(asyncio.Protocol):
         self.close_reason: str | None = None  # set when we close on purpose, for the log
         self.draining = False  # True once we stopped answering: read and drop, then close
         self.reading_paused = False
+        self.answered = False  # a line was answered since the last sweep (for the line deadline)
+        self.partial = 0  # sweeps that saw the same unfinished line
+        self.stalled = 0  # sweeps with reading paused because the client does not read
+        self.host: Any = None  # the address the admission counted, released when the client goes
+        self.turned_away = False  # told ERR busy, lingering until it reads it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = cast(asyncio.Transport, transport)
@@ -173,14 +307,24 @@ class TcpConnection(asyncio.Protocol):
         t.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         peername = t.get_extra_info("peername")
         self.peer = format_peer(peername)
-        if not self._listener.welcome(self, peername):
-            t.abort()
+        listener = self._listener
+        verdict = listener.welcome(self, peername)
+        if verdict is REFUSED:
+            t.abort()  # reading has not started: not one byte of this client is read
+        elif verdict is BUSY:
+            self._turn_away()
+        elif listener.tls is not None:
+            # Reading stays paused until start_tls takes the transport over, so no byte of the
+            # handshake reaches the line framer.
+            t.pause_reading()
+            asyncio.get_running_loop().create_task(self._start_tls(listener.tls))
 
     def data_received(self, data: bytes) -> None:
         self.quiet = 0
         answer = self._receive(data)
         if answer:
             self._write(answer)
+            self.answered = True  # a line ended: the line deadline starts over (see TcpListener._sweep)
             if self._session.closing:
                 self._refuse()
 
@@ -204,6 +348,7 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.quiet = 0  # the client is reading our answers: it is alive
+        self.stalled = 0
         if self.reading_paused:
             self.reading_paused = False
             self._transport.resume_reading()
@@ -217,6 +362,7 @@ class TcpConnection(asyncio.Protocol):
         error = self._session.error
         if isinstance(error, LineTooLong):
             self.close_reason = _("line too long: over {limit} bytes").format(limit=error.limit)
+            self._listener.closed_by["line_too_long"] += 1
         else:
             self.close_reason = _("refused")
         self._linger()
@@ -235,6 +381,55 @@ class TcpConnection(asyncio.Protocol):
             t.write_eof()
         else:
             t.close()
+
+    def _turn_away(self) -> None:
+        """Too many clients: one line `ERR busy`, our FIN, and the socket dropped soon after."""
+        t = self._transport
+        admission = self._listener.admission
+        if self._listener.tls is not None or (
+            admission is not None and admission.lingering >= max(64, admission.max_connections)
+        ):
+            # A TLS client cannot read a plain line; and under a flood lingering would hold as many
+            # descriptors as the clients it turns away. Close at once instead.
+            t.abort()
+            return
+        if admission is not None:
+            admission.lingering += 1
+        self.turned_away = True
+        t.write(ERR_BUSY)
+        self._linger()
+        asyncio.get_running_loop().call_later(BUSY_LINGER, t.abort)
+
+    async def _start_tls(self, context: Any) -> None:
+        raw = self._transport
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self._listener.limits.tls_handshake_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed handshake (any cause) concerns this client only
+            self._tls_failed(raw, exc)
+            return
+        if tls is None:  # the client went away during the handshake
+            self._tls_failed(raw, None)
+            return
+        self._transport = tls
+        self._write = tls.write
+        limits = self._listener.limits
+        tls.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
+
+    def _tls_failed(self, raw: asyncio.Transport, exc: BaseException | None) -> None:
+        reason = str(exc) if exc is not None and str(exc) else type(exc).__name__
+        self.close_reason = _("TLS handshake failed: {reason}").format(reason=reason)
+        self._listener.closed_by["tls_failed"] += 1
+        raw.abort()
+        # The TLS layer may never tell us the connection is lost (it never saw it made): say goodbye
+        # here; a later connection_lost finds the connection gone and does nothing.
+        self._listener.farewell(self, None)
 
     def begin_shutdown(self) -> None:
         """The server is stopping: deliver the answers owed, then close without losing them."""
@@ -256,6 +451,20 @@ class TcpConnection(asyncio.Protocol):
             return
         self.close_reason = _("idle for {seconds:g} s").format(seconds=timeout)
         t.close()
+
+    def deadline_out(self, deadline: float) -> None:
+        """A line has been arriving for longer than the line deadline (slowloris)."""
+        t = self._transport
+        if t.is_closing():
+            t.abort()
+            return
+        self.close_reason = _("line not finished within {seconds:g} s").format(seconds=deadline)
+        t.close()
+
+    def send_out(self, timeout: float) -> None:
+        """The client has left our answers unread for longer than the send timeout."""
+        self.close_reason = _("not reading its answers for {seconds:g} s").format(seconds=timeout)
+        self._transport.abort()  # nothing owed can reach a client that does not read
 
     def abort(self) -> None:
         if self in self._listener.connections:  # else it is gone already: nothing to drop
