@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from socketlab import i18n
 from tests.helpers import cli_env, start_serve
@@ -28,6 +30,8 @@ CATALOG = ROOT / "locale" / "pt.po"
 SRC = ROOT / "src" / "socketlab"
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import update_catalog  # noqa: E402 - a script, not a package
 from hatch_build import parse_po  # noqa: E402 - the build's own parser, so the test reads what the build reads
 
 # printf-style (%s, %(name)s, %%) and str.format-style ({name}, {n:,}, {text!r}) placeholders.
@@ -166,6 +170,30 @@ def test_no_message_is_translated_at_import_time() -> None:
                     wrong.append(f"{path.relative_to(ROOT)}:{getattr(child, 'lineno', 0)}")
                 pending.append(child)
     assert not wrong, "move these _() calls into functions: " + ", ".join(wrong)
+
+
+# The catalog tool.
+
+
+@given(msgid=st.text(min_size=1), msgstr=st.text(min_size=1))
+def test_any_text_survives_the_catalog_and_the_build(msgid: str, msgstr: str) -> None:
+    text = update_catalog.render([(msgid, "x.py:1")], {msgid: msgstr})
+    assert parse_po(text)[msgid] == msgstr
+
+
+def test_a_reworded_message_keeps_its_old_translation_for_review_only() -> None:
+    old, new = "the server closed the connection", "the server closed the connection early"
+    first = update_catalog.render([(old, "x.py:1")], {old: "o servidor fechou a conexão"})
+    reworded = update_catalog.render([(new, "x.py:1")], *update_catalog.read_catalog(first))
+    assert '#| msgid "the server closed the connection"' in reworded
+    done, fuzzy = update_catalog.read_catalog(reworded)
+    assert new not in done  # the build leaves it out: English until a translator reviews it
+    assert new not in parse_po(reworded)
+    assert fuzzy == {new: "o servidor fechou a conexão"}
+    again = update_catalog.render([(new, "x.py:1")], done, fuzzy)
+    assert update_catalog.read_catalog(again)[1] == fuzzy  # kept, still flagged, on the next run
+    unrelated = update_catalog.render([("bandwidth must be positive", "x.py:1")], done, fuzzy)
+    assert update_catalog.read_catalog(unrelated)[1] == {}
 
 
 # Choosing the language.
