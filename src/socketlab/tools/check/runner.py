@@ -6,6 +6,7 @@ Library code: it returns a `Report`; printing and exit codes are the CLI's job.
 from __future__ import annotations
 
 import enum
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -241,8 +242,6 @@ def run_checks(
     if timeout <= 0:
         raise ConfigError(_("the timeout must be more than 0 seconds"))
     selected = select_checks(proto, only, skip)
-    import socket  # noqa: PLC0415 - only here, to keep `import socketlab.tools.check` light
-
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     try:
         addresses = resolve(host, port, kind)

@@ -313,11 +313,10 @@ def _judge(
     passed: str,
     *,
     specific: Callable[[Verdict, Exchange], tuple[Status, str, str] | None] | None = None,
-    request: bytes = b"",
 ) -> Outcome:
     """The usual ending of a check: judge the answer, pick the check's own words or the generic ones."""
     framed = ctx.service.framed
-    verdict = judge_stream(ex.expected, ex.reading.data, framed, _variants(ctx, request, ex.expected))
+    verdict = judge_stream(ex.expected, ex.reading.data, framed, _variants(ctx, ex.request, ex.expected))
     if ex.reading.data:
         ctx.mark_reached()
     received = describe_reading(ex.reading, ctx.timeout)
@@ -406,7 +405,6 @@ def check_utf8(ctx: Context) -> Outcome:
         _("{line} (UTF-8)").format(line=show(PORTUGUESE)),
         ex,
         _("Portuguese text in UTF-8 came back right, in UTF-8."),
-        request=PORTUGUESE,
     )
 
 
@@ -421,7 +419,6 @@ def check_utf8_split(ctx: Context) -> Outcome:
         ex,
         _("Characters cut between segments were put back together before decoding."),
         specific=_utf8_split_problem,
-        request=b"".join(PORTUGUESE_SPLIT),
     )
 
 
