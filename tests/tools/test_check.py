@@ -503,6 +503,36 @@ def test_cli_a_server_that_is_not_there_fails_fast_without_waiting_for_each_chec
 
 
 @pytest.mark.timeout(30)
+def test_cli_json_texts_are_english_whatever_lang_says_unless_lang_is_given() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((LOOPBACK, 0))
+        target = ["tcp", LOOPBACK, str(holder.getsockname()[1]), "--only", "short-line", "--json"]
+        portuguese_env = cli_env(LANG="pt_BR.UTF-8", LC_ALL="pt_BR.UTF-8")
+        by_env = subprocess.run(
+            [sys.executable, "-m", "socketlab", "check", *target],
+            capture_output=True,
+            text=True,
+            env=portuguese_env,
+            timeout=30,
+            check=False,
+        )
+        by_option = subprocess.run(
+            [sys.executable, "-m", "socketlab", "--lang", "pt", "check", *target],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=30,
+            check=False,
+        )
+    english = json.loads(by_env.stdout)["checks"][0]
+    chosen = json.loads(by_option.stdout)["checks"][0]
+    assert english["explanation"].startswith("Could not reach the server")
+    assert chosen["explanation"] != english["explanation"]
+    # What programs read does not change with the language.
+    assert (chosen["id"], chosen["status"]) == (english["id"], english["status"]) == ("short-line", "fail")
+
+
+@pytest.mark.timeout(30)
 def test_cli_a_udp_server_that_never_answers_fails_with_an_explanation() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind((LOOPBACK, 0))
