@@ -11,6 +11,8 @@ import ast
 import gettext
 import json
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -315,3 +317,41 @@ def test_machine_output_and_answers_do_not_change_with_the_language() -> None:
         assert "cria um socket" in pt.stderr
         assert "creates a socket" in en.stderr
         assert "estabelece uma conexão por um socket até um destino" in pt.stderr
+
+
+def _read_line(stream: Any, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no line from the server in time"
+    line: str = stream.readline()
+    return line
+
+
+@pytest.mark.timeout(30)
+def test_server_speaks_portuguese_to_people_and_answers_the_same_bytes() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "socketlab", "serve", "tcp", "--host", "127.0.0.1", "--port", "0"],
+        env=portuguese_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        announced = re.fullmatch(
+            r"tcp upper escutando em 127\.0\.0\.1:(\d+)\n", _read_line(server.stdout, 15)
+        )
+        assert announced, "the listening line is for people: Portuguese here"
+        with socket.create_connection(("127.0.0.1", int(announced[1])), timeout=10) as conn:
+            conn.sendall("ação\n".encode())
+            assert conn.makefile("rb").readline() == "AÇÃO\n".encode()
+        server.send_signal(signal.SIGINT)
+        _, log = server.communicate(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=5)
+    assert server.returncode == 0
+    assert re.search(r"tcp upper: 127\.0\.0\.1:\d+ conectou", log), log
+    assert re.search(r"tcp upper: 127\.0\.0\.1:\d+ saiu", log), log
+    assert "encerrando: nenhum cliente novo" in log, log
