@@ -40,7 +40,7 @@ from socketlab.config import (
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
 
-MODELS = ("asyncio", "iterative", "threads")
+MODELS = ("asyncio", "iterative", "threads", "selectors")
 LOOPS = ("auto", "asyncio", "uvloop")
 PROG = "socketlab serve"
 
@@ -350,13 +350,14 @@ def add_parser(subparsers: Any) -> None:
         default="asyncio",
         help=_(
             "how clients are served: asyncio (the fast one), or the teaching models iterative "
-            "(one client at a time, as the slides) and threads (one thread per client) (default: asyncio)"
+            "(one client at a time, as the slides), threads (one thread per client) and selectors "
+            "(one thread watching every client with select()) (default: asyncio)"
         ),
     )
     parser.add_argument(
         "--trace",
         action="store_true",
-        help=_("show each socket system call as it happens (needs --model iterative or threads)"),
+        help=_("show each socket system call as it happens (needs --model iterative, threads or selectors)"),
     )
     parser.add_argument(
         "--trace-format",
@@ -484,8 +485,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.trace and args.model == "asyncio":
         _fail(
             _(
-                "--trace needs a blocking model: add --model iterative or --model threads. The asyncio "
-                "server's socket calls are made by the event loop itself, inside uvloop or asyncio, "
+                "--trace needs a blocking model: add --model iterative, --model threads or "
+                "--model selectors. The asyncio server's socket calls are made by the event loop "
+                "itself, inside uvloop or asyncio, "
                 "where they cannot be observed one by one."
             )
         )
