@@ -9,3 +9,8 @@ def shout(line: str) -> str:
     if "boom" in line:
         raise ValueError("no booms here")
     return line.upper() + "!"
+
+
+def backwards(line: str) -> str:
+    """The line reversed: never longer than the request, as a UDP answer must be (no amplification)."""
+    return line[::-1]

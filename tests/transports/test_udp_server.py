@@ -12,6 +12,7 @@ from tests.conftest import HAS_IPV6
 from tests.transports.serving import LOCALHOSTS, LOOPS, config_for, family_of, server_thread
 
 USER_SHOUT = "tests.cli.user_service:shout"
+USER_BACKWARDS = "tests.cli.user_service:backwards"
 
 # (service, datagram, answer): one datagram in, one out, nothing added (the Java UDPClient sends no
 # newline and must get none back).
@@ -22,8 +23,9 @@ EXCHANGES = [
     ("echo", bytes(range(256)), bytes(range(256))),
     ("ack", b"hello", b"ok"),
     ("ack", b"hello\r\n", b"ok\r\n"),
-    (USER_SHOUT, "olá".encode(), "OLÁ!".encode()),
-    (USER_SHOUT, b"boom", b"ERR ValueError: no booms here"),
+    # No UDP answer may be larger than its request (no amplification), hence a padded failing request.
+    (USER_BACKWARDS, "olá, ação".encode(), "oãça ,álo".encode()),
+    (USER_SHOUT, b"boom" + b" " * 40, b"ERR ValueError: no booms here"),
 ]
 
 
@@ -93,13 +95,15 @@ def test_verbose_logs_each_datagram_and_user_errors(caplog: pytest.LogCaptureFix
         _udp_client("127.0.0.1") as sock,
     ):
         address = ("127.0.0.1", running.listeners[0].port)
-        sock.sendto(b"boom", address)
+        padding = b" " * 40  # no answer may be larger than its request (no UDP amplification)
+        sock.sendto(b"boom" + padding, address)
         assert sock.recv(65535) == b"ERR ValueError: no booms here"
-        sock.sendto(b"fine", address)
-        assert sock.recv(65535) == b"FINE!"
+        sock.sendto(b"boom again" + padding, address)
+        assert sock.recv(65535) == b"ERR ValueError: no booms here"
         peer = f"127.0.0.1:{sock.getsockname()[1]}"
     messages = [r.getMessage() for r in caplog.records]
-    assert f"udp {USER_SHOUT}: {peer} >> b'boom'" in messages
-    assert f"udp {USER_SHOUT}: {peer} >> b'fine'" in messages
-    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "no booms here" in error.getMessage()
+    assert f"udp {USER_SHOUT}: {peer} >> {b'boom' + padding!r}" in messages
+    assert f"udp {USER_SHOUT}: {peer} >> {b'boom again' + padding!r}" in messages
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "no booms here" in errors[0]
