@@ -245,3 +245,21 @@ def test_a_teaching_model_announces_its_listener_the_same_way() -> None:
             sock.sendall(b"threads\n")
             assert sock.recv(100) == b"THREADS\n"
         assert server.stop() == EXIT_OK
+
+
+@pytest.mark.timeout(30)
+def test_a_stopped_server_restarts_on_the_same_port_at_once() -> None:
+    # The server closes first on Ctrl-C, so its side of each connection waits in TIME_WAIT; without
+    # SO_REUSEADDR the port would stay taken for a minute or two.
+    with start_serve(["tcp", "--service", "upper", *LOOPBACK]) as server:
+        port = server.port()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"primeira\n")
+            assert sock.recv(100) == b"PRIMEIRA\n"
+            assert server.stop() == EXIT_OK
+            assert sock.recv(100) == b""
+    with start_serve(["tcp", "--service", "upper", "--host", "127.0.0.1", "--port", str(port)]) as again:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"segunda\n")
+            assert sock.recv(100) == b"SEGUNDA\n"
+        assert again.stop() == EXIT_OK
