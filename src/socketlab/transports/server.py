@@ -40,6 +40,7 @@ from socketlab.core.guards import (
 from socketlab.core.services import ErrorReporter, Service, make_service
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _, ngettext
+from socketlab.transports.allocator import keep_heap_for_streaming
 from socketlab.transports.binding import (
     ALL_IPV6,
     BACKLOG,
@@ -48,7 +49,13 @@ from socketlab.transports.binding import (
     open_listening_sockets,
 )
 from socketlab.transports.loop import loop_name, run
-from socketlab.transports.tcp_server import Admission, AdmitHook, TcpConnection, TcpListener
+from socketlab.transports.tcp_server import (
+    MAX_LINGERING,
+    Admission,
+    AdmitHook,
+    TcpConnection,
+    TcpListener,
+)
 from socketlab.transports.udp_server import UdpEndpoint, VerboseUdpEndpoint
 
 LOGGER_NAME = "socketlab.server"
@@ -61,8 +68,9 @@ SETTLE_TURNS = 3
 # ACCEPT_CAPACITY_ERRNOS): the server must survive them and go on when resources come back.
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Descriptors the process needs besides its clients: standard streams, the event loop, the listening
-# sockets, a log file, the interpreter's own. `max_connections` must leave these free.
-FD_RESERVE = 32
+# sockets, a log file, the interpreter's own, and clients being turned away with ERR busy.
+# `max_connections` must leave these free.
+FD_RESERVE = 32 + MAX_LINGERING
 # At most one log line per this many seconds about running out of descriptors.
 CAPACITY_LOG_INTERVAL = 1.0
 
@@ -321,13 +329,20 @@ class RunningServer:
             if now >= self._capacity_logged_at + CAPACITY_LOG_INTERVAL:
                 self._capacity_logged_at = now
                 self.log.warning(
-                    _("cannot accept new clients: %(error)s (%(count)d times so far); retrying"),
+                    _(
+                        "cannot accept new clients: %(error)s (%(count)d failed accept calls so far); "
+                        "retrying"
+                    ),
                     {"error": exc.strerror or exc, "count": self.capacity_errors},
                 )
             return
-        loop.default_exception_handler(context)
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)  # whoever watched the loop before us still does
+        else:
+            loop.default_exception_handler(context)
 
     _capacity_logged_at = float("-inf")
+    _previous_handler: Any = None
 
     async def report_periodically(self, interval: float) -> None:
         """Every `interval`: what was dropped since the last report; with `stats`, everything."""
@@ -439,7 +454,7 @@ async def open_server(
         for lst in config.listeners
     ]
     running._prepare()
-    previous_handler = loop.get_exception_handler()
+    previous_handler = running._previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(running.on_loop_error)
     bound: list[BoundListener] = []
     reporter: asyncio.Task[None] | None = None
@@ -535,4 +550,6 @@ def run_server(
     config: ServerConfig, *, on_listening: OnListening | None = None, log: logging.Logger | None = None
 ) -> ShutdownResult:
     """`serve(config)` on a new event loop of the kind `config.loop` names."""
+    # A long-running server process: worth keeping large buffers in the heap (see allocator.py).
+    keep_heap_for_streaming()
     return run(serve(config, on_listening=on_listening, log=log), config.loop)

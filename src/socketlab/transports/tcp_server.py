@@ -49,6 +49,9 @@ ERR_BUSY = b"ERR busy\n"
 # A client turned away gets this long to read ERR busy before its socket is dropped; short, since
 # the point of refusing it is to give its descriptor back.
 BUSY_LINGER = 0.5
+# At most this many turned-away clients linger at once (each holds a descriptor); beyond it they are
+# dropped at once. The server keeps this many descriptors spare (see server.fit_max_connections).
+MAX_LINGERING = 16
 
 # What `Admission.check` decides about a new connection.
 ADMITTED, REFUSED, BUSY = "admitted", "refused", "busy"
@@ -386,12 +389,14 @@ class TcpConnection(asyncio.Protocol):
         """Too many clients: one line `ERR busy`, our FIN, and the socket dropped soon after."""
         t = self._transport
         admission = self._listener.admission
-        if self._listener.tls is not None or (
-            admission is not None and admission.lingering >= max(64, admission.max_connections)
-        ):
-            # A TLS client cannot read a plain line; and under a flood lingering would hold as many
-            # descriptors as the clients it turns away. Close at once instead.
-            t.abort()
+        if self._listener.tls is not None:
+            t.abort()  # a TLS client cannot read a plain line
+            return
+        if admission is not None and admission.lingering >= MAX_LINGERING:
+            # Under a flood lingering would hold as many descriptors as the clients it turns away:
+            # the line and our FIN go out now (lost only if the client had already sent something).
+            t.write(ERR_BUSY)
+            t.close()
             return
         if admission is not None:
             admission.lingering += 1
