@@ -263,3 +263,17 @@ def test_a_stopped_server_restarts_on_the_same_port_at_once() -> None:
             sock.sendall(b"segunda\n")
             assert sock.recv(100) == b"SEGUNDA\n"
         assert again.stop() == EXIT_OK
+
+
+@pytest.mark.timeout(60)
+def test_a_log_nobody_reads_does_not_stall_the_server() -> None:
+    # Each client is two log lines; past the pipe's 64 KiB a plain log handler would block the event
+    # loop in write() and every client would freeze. Nobody reads this server's output after start.
+    clients = 1200
+    with start_serve(["tcp", "--service", "ack", *LOOPBACK]) as server:
+        port = server.port()
+        for i in range(clients):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"linha %d\n" % i)
+                assert sock.recv(10) == b"ok\n"
+        assert server.stop() == EXIT_OK

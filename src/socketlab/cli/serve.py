@@ -10,11 +10,16 @@ error. The server code is imported inside the handler, so other commands do not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import queue
 import re
 import sys
 import textwrap
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from socketlab.config import (
@@ -459,14 +464,89 @@ def print_listening(proto: str, service: str, host: str, port: int) -> None:
     )
 
 
-def configure_logging(verbose: bool) -> None:
-    """Log lines (clients coming and going, -v lines) to standard error, with the time."""
-    handler = logging.StreamHandler(sys.stderr)
+class BackgroundLogHandler(logging.Handler):
+    """Writes log lines from a thread of its own, so a slow or full standard error never stalls the loop.
+
+    With `socketlab serve 2>&1 | less` paused, or a parent process that stops reading the pipe, a plain
+    StreamHandler blocks in write() inside the event loop and every client freezes. Here the loop only
+    formats and queues; the queue is bounded, and lines that do not fit are dropped and counted. The
+    thread writes to the file descriptor itself, not through sys.stderr, so a write still blocked at
+    exit holds no lock the interpreter needs to shut down.
+    """
+
+    QUEUE_LINES = 10_000  # about 1 MB of log lines
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # not a real file (a test's capture): write through the stream
+        self._lines: queue.Queue[str | None] = queue.Queue(self.QUEUE_LINES)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._write_lines, name="socketlab-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_lines(self) -> None:
+        reported = 0
+        while (line := self._lines.get()) is not None:
+            if self.dropped > reported:
+                missing = self.dropped - reported
+                reported = self.dropped
+                line = (
+                    _("({count} log lines dropped: standard error was not being read)\n").format(
+                        count=missing
+                    )
+                    + line
+                )
+            self._write(line)
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            self._stream.write(text)
+            self._stream.flush()
+            return
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued, waiting at most `timeout` for a reader; then give up on the rest."""
+        deadline = time.monotonic() + timeout
+        # Full for the whole timeout: nobody reads our standard error, what is queued cannot be written.
+        with contextlib.suppress(queue.Full):
+            self._lines.put(None, timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        super().close()
+
+
+def configure_logging(verbose: bool, *, background: bool = True) -> logging.Handler:
+    """Log lines (clients coming and going, -v lines) to standard error, with the time.
+
+    `background`: through `BackgroundLogHandler`, for the event loop; the blocking teaching models
+    write directly, so their log lines stay in order with a --trace written to the same stream.
+    """
+    handler: logging.Handler = (
+        BackgroundLogHandler(sys.stderr) if background else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     log = logging.getLogger("socketlab")
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+    return handler
 
 
 def _fail(message: str) -> None:
@@ -492,7 +572,7 @@ def handle(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_USAGE
-    configure_logging(args.verbose)
+    handler = configure_logging(args.verbose, background=args.model == "asyncio")
     try:
         if args.model != "asyncio":
             return _run_blocking(config, args)
@@ -508,6 +588,9 @@ def handle(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         # Ctrl-C before the server was ready to catch it (while importing or binding).
         return EXIT_INTERRUPTED
+    finally:
+        logging.getLogger("socketlab").removeHandler(handler)
+        handler.close()
     return EXIT_INTERRUPTED if result.forced else EXIT_OK
 
 
