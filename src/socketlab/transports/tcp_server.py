@@ -283,6 +283,7 @@ class TcpConnection(asyncio.Protocol):
         "quiet",
         "reading_paused",
         "stalled",
+        "tls_pending",
         "turned_away",
     )
 
@@ -300,9 +301,13 @@ class TcpConnection(asyncio.Protocol):
         self.stalled = 0  # sweeps with reading paused because the client does not read
         self.host: Any = None  # the address the admission counted, released when the client goes
         self.turned_away = False  # told ERR busy, lingering until it reads it
+        self.tls_pending = False  # admitted, TLS handshake under way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = cast(asyncio.Transport, transport)
+        if self.tls_pending:
+            self._tls_ready(t)
+            return
         self._transport = t
         self._write = t.write
         # Both marks explicitly: uvloop's default low mark differs from asyncio's (see config).
@@ -317,10 +322,7 @@ class TcpConnection(asyncio.Protocol):
         elif verdict is BUSY:
             self._turn_away()
         elif listener.tls is not None:
-            # Reading stays paused until start_tls takes the transport over, so no byte of the
-            # handshake reaches the line framer.
-            t.pause_reading()
-            asyncio.get_running_loop().create_task(self._start_tls(listener.tls))
+            self._start_tls(t, listener.tls)
 
     def data_received(self, data: bytes) -> None:
         self.quiet = 0
@@ -405,29 +407,46 @@ class TcpConnection(asyncio.Protocol):
         self._linger()
         asyncio.get_running_loop().call_later(BUSY_LINGER, t.abort)
 
-    async def _start_tls(self, context: Any) -> None:
-        raw = self._transport
+    def _start_tls(self, raw: asyncio.Transport, context: Any) -> None:
+        """Put a TLS layer between the socket and this connection, now, before any byte is read.
+
+        Not `loop.start_tls()`: that is a coroutine, so it runs a loop turn later, and uvloop starts
+        reading as soon as connection_made returns (whatever pause_reading said): the ClientHello
+        would reach the line framer. asyncio's SSLProtocol, installed here synchronously, works on
+        both loops; it calls connection_made again with the TLS transport once the handshake is done.
+        """
+        from asyncio import sslproto  # noqa: PLC0415 - only TLS listeners need it
+
         loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self._listener.limits.tls_handshake_timeout,
-            )
-        except Exception as exc:  # noqa: BLE001 - a failed handshake (any cause) concerns this client only
-            self._tls_failed(raw, exc)
-            return
-        if tls is None:  # the client went away during the handshake
-            self._tls_failed(raw, None)
-            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        layer = sslproto.SSLProtocol(
+            loop,
+            self,
+            context,
+            waiter,
+            server_side=True,
+            # typeshed says int; asyncio takes any number of seconds
+            ssl_handshake_timeout=cast(Any, self._listener.limits.tls_handshake_timeout),
+        )
+        self.tls_pending = True
+        waiter.add_done_callback(lambda done: self._tls_done(raw, done))
+        raw.set_protocol(layer)
+        layer.connection_made(raw)
+
+    def _tls_ready(self, tls: asyncio.Transport) -> None:
+        self.tls_pending = False
         self._transport = tls
         self._write = tls.write
         limits = self._listener.limits
         tls.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
 
+    def _tls_done(self, raw: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is not None or self.tls_pending:
+            self._tls_failed(raw, exc)
+
     def _tls_failed(self, raw: asyncio.Transport, exc: BaseException | None) -> None:
+        self.tls_pending = False
         reason = str(exc) if exc is not None and str(exc) else type(exc).__name__
         self.close_reason = _("TLS handshake failed: {reason}").format(reason=reason)
         self._listener.closed_by["tls_failed"] += 1
