@@ -8,19 +8,21 @@ configuration it builds.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, build_parser, main
-from socketlab.cli.serve import build_config, parse_size
+from socketlab.cli.serve import BackgroundLogHandler, build_config, parse_size
 from socketlab.config import KiB, MiB, lecture_listeners
 from tests.helpers import LISTENING, ServerProcess, cli_env, start_serve
 
@@ -277,3 +279,37 @@ def test_a_log_nobody_reads_does_not_stall_the_server() -> None:
                 sock.sendall(b"linha %d\n" % i)
                 assert sock.recv(10) == b"ok\n"
         assert server.stop() == EXIT_OK
+
+
+@pytest.mark.timeout(20)
+def test_log_lines_that_do_not_fit_are_dropped_counted_and_said() -> None:
+    class TinyQueue(BackgroundLogHandler):
+        QUEUE_LINES = 3
+
+    read_fd, write_fd = os.pipe()
+    chunks: list[bytes] = []
+    stream, reader = os.fdopen(write_fd, "w"), os.fdopen(read_fd, "rb")
+    handler = TinyQueue(stream)
+    log = logging.getLogger("socketlab.test.background")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        big = "x" * 100_000  # larger than the pipe: the writer blocks on it until someone reads
+        log.warning(big)
+        for i in range(50):
+            log.warning("line %d", i)  # the loop's side never blocks: these queue or are dropped
+        dropped = handler.dropped
+        assert dropped >= 50 - TinyQueue.QUEUE_LINES
+        drain = threading.Thread(target=lambda: chunks.extend(iter(lambda: reader.read(65536), b"")))
+        drain.start()
+        handler.close()
+    finally:
+        log.removeHandler(handler)
+        stream.close()
+    drain.join(10)
+    reader.close()
+    lines = b"".join(chunks).decode().splitlines()
+    # The note comes before the first line written after the drops (which may be the long one).
+    note = f"({dropped} log lines dropped: standard error was not being read)"
+    assert lines.count(note) == 1
+    assert [line for line in lines if line != note] == [big] + [f"line {i}" for i in range(50 - dropped)]

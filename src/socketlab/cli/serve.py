@@ -505,12 +505,8 @@ class BackgroundLogHandler(logging.Handler):
             if self.dropped > reported:
                 missing = self.dropped - reported
                 reported = self.dropped
-                line = (
-                    _("({count} log lines dropped: standard error was not being read)\n").format(
-                        count=missing
-                    )
-                    + line
-                )
+                note = _("({count} log lines dropped: standard error was not being read)")
+                line = note.format(count=missing) + "\n" + line
             self._write(line)
 
     def _write(self, text: str) -> None:
