@@ -25,6 +25,7 @@ from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, b
 from socketlab.cli.serve import BackgroundLogHandler, build_config, parse_size
 from socketlab.config import KiB, MiB, lecture_listeners
 from tests.helpers import LISTENING, ServerProcess, cli_env, start_serve
+from tests.transports.serving import LOOPS
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = ["--host", "127.0.0.1", "--port", "0"]
@@ -125,14 +126,16 @@ def test_help_has_examples_and_exit_codes() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_ctrl_c_answers_the_lines_already_received_and_exits_0() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_ctrl_c_answers_the_lines_already_received_and_exits_0(loop: str) -> None:
     lines = [f"linha {i}: ação\n" for i in range(200)]
-    with start_serve(["tcp", "--service", "upper", "-v", *LOOPBACK]) as server:
+    with start_serve(["tcp", "--service", "upper", "-v", "--loop", loop, *LOOPBACK]) as server:
         assert server.output[0] == f"tcp upper listening on 127.0.0.1:{server.port()}"
         with socket.create_connection(("127.0.0.1", server.port()), timeout=10) as sock:
             sock.sendall("".join(lines).encode())
             # -v logs each line as the server reads it: once the last is logged, all were received.
             _wait_for_output(server, "b'linha 199")
+            assert any(line.endswith(f"event loop: {loop}") for line in server.output)
             server.proc.send_signal(signal.SIGINT)
             assert _read_all(sock) == "".join(lines).upper().encode()
         assert server.proc.wait(15) == EXIT_OK
