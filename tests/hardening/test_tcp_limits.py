@@ -311,12 +311,14 @@ def test_ulimit_64_with_120_clients(loop: str) -> None:
     )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_sigterm_with_200_active_clients_loses_no_answer() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigterm_with_200_active_clients_loses_no_answer(loop: str) -> None:
+    # The signal comes right after the last send: some clients are still in the listening socket's
+    # backlog, not yet accepted. They are taken in before the listener closes, not reset.
     lines = 100
     payloads = [b"".join(f"cliente {c} linha {n} ação\n".encode() for n in range(lines)) for c in range(200)]
-    with serve(["tcp"]) as server:
+    with serve(["tcp", "--loop", loop]) as server:
         port = server.port()
         socks = connect_many(port, 200)
         for s, payload in zip(socks, payloads, strict=True):
@@ -334,4 +336,4 @@ def test_sigterm_with_200_active_clients_loses_no_answer() -> None:
     complete = sum(a == upper_bytes(p) for a, p in zip(answers, payloads, strict=True))
     assert complete == 200
     assert not any("dropped" in line and "not finished" in line for line in output)
-    figure("sigterm", f"SIGTERM with 200 clients owed 100 answers each: {complete}/200 got all 100, exit 0")
+    figure(f"sigterm ({loop})", f"SIGTERM, 200 clients owed 100 answers each: {complete}/200 got all, exit 0")

@@ -145,6 +145,11 @@ def test_no_answer_is_larger_than_its_request(loop: str) -> None:
             s.sendto("ação".encode(), ("127.0.0.1", upper))  # same length: answered
             answers = [s.recvfrom(2048)[0]]
             _probe(upper)
+            # The shout listener has a socket of its own, so the probe above says nothing about it.
+            deadline = time.monotonic() + 5
+            while running.stats()["udp"]["udp tests.cli.user_service:shout"]["amplification"] < 1:
+                assert time.monotonic() < deadline, "the shout listener never saw its datagram"
+                time.sleep(0.01)
             assert _nothing_waiting(s)
         stats = running.stats()["udp"]
     assert big == b"ERR too large"

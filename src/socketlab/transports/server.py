@@ -23,7 +23,8 @@ import errno
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,7 @@ class RunningServer:
         self.listeners: tuple[BoundListener, ...] = ()
         self.tcp_listeners: list[TcpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._listening: list[tuple[socket.socket, TcpListener]] = []  # for the last accepts at shutdown
         self._udp: list[asyncio.DatagramTransport] = []
         self.limits: Limits = config.limits  # as fitted to the descriptor limit (see fit_max_connections)
         self.admission: Admission | None = None
@@ -173,6 +175,7 @@ class RunningServer:
     ) -> ShutdownResult:
         """Stop in order: no new clients, answer what was received, close, drop what is left after `grace`."""
         grace = self.config.grace if grace is None else grace
+        await self._accept_the_backlog()
         self.stop_accepting()
         await _turns(SETTLE_TURNS)
         for transport in self._udp:
@@ -207,6 +210,28 @@ class RunningServer:
         await self._settle()
         return ShutdownResult(forced=forced, aborted=aborted)
 
+    async def _accept_the_backlog(self) -> None:
+        """Serve the clients the kernel has already connected but we have not accepted yet.
+
+        Closing a listening socket resets every connection still in its backlog: clients that
+        connected and sent their lines just before the signal would lose them all. So before we stop
+        accepting, one last round of accept() takes them in, to be answered like everyone else.
+        """
+        loop = asyncio.get_running_loop()
+        pending = []
+        for sock, tcp in self._listening:
+            for _attempt in range(BACKLOG):
+                try:
+                    conn, _address = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break  # the backlog is empty
+                except OSError:
+                    break  # out of descriptors, or the socket is closed: the rest are reset, as before
+                conn.setblocking(False)
+                pending.append(loop.connect_accepted_socket(tcp.protocol_factory, conn))
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def _wait_all_gone(self, grace: float, force: asyncio.Event | None) -> None:
         tasks: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(asyncio.gather(*(lst.wait_all_gone() for lst in self.tcp_listeners)))
@@ -235,10 +260,14 @@ class RunningServer:
     # -- starting
 
     async def _start_tcp(
-        self, listener: Listener, service: Service, admit: AdmitHook | None
+        self,
+        listener: Listener,
+        service: Service,
+        admit: AdmitHook | None,
+        prebound: list[socket.socket] | None = None,
     ) -> tuple[tuple[str, int], ...]:
         loop = asyncio.get_running_loop()
-        socks = open_listening_sockets("tcp", listener.host, listener.port)
+        socks = prebound or open_listening_sockets("tcp", listener.host, listener.port)
         label = f"tcp {listener.service}"
         tcp = TcpListener(
             service,
@@ -261,12 +290,15 @@ class RunningServer:
                 where = format_address(addresses[i][0], addresses[i][1])
                 raise BindError(describe_bind_error(exc, "tcp", where)) from exc
             self._servers.append(server)
+            self._listening.append((sock, tcp))
         tcp.start_idle_sweep(loop)
         return addresses
 
-    async def _start_udp(self, listener: Listener, service: Service) -> tuple[tuple[str, int], ...]:
+    async def _start_udp(
+        self, listener: Listener, service: Service, prebound: list[socket.socket] | None = None
+    ) -> tuple[tuple[str, int], ...]:
         loop = asyncio.get_running_loop()
-        socks = open_listening_sockets("udp", listener.host, listener.port)
+        socks = prebound or open_listening_sockets("udp", listener.host, listener.port)
         label = f"udp {listener.service}"
         endpoint_class = VerboseUdpEndpoint if self.config.verbose else UdpEndpoint
         addresses = tuple((s.getsockname()[0], s.getsockname()[1]) for s in socks)
@@ -438,12 +470,17 @@ def _error_reporter(log: logging.Logger, label: str, verbose: bool) -> ErrorRepo
 
 @asynccontextmanager
 async def open_server(
-    config: ServerConfig, *, log: logging.Logger | None = None, admit: AdmitHook | None = None
+    config: ServerConfig,
+    *,
+    log: logging.Logger | None = None,
+    admit: AdmitHook | None = None,
+    sockets: Sequence[list[socket.socket]] | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Bind every listener of `config` and serve until the block ends.
 
     Raises `ConfigError` (unknown service, before anything is bound) or `BindError`. `admit`, when
-    given, is asked about each new TCP client's address and may refuse it.
+    given, is asked about each new TCP client's address and may refuse it. `sockets`, when given,
+    holds already bound sockets for each listener, in order (a worker process serves those).
     """
     log = log or logging.getLogger(LOGGER_NAME)
     loop = asyncio.get_running_loop()
@@ -459,11 +496,12 @@ async def open_server(
     bound: list[BoundListener] = []
     reporter: asyncio.Task[None] | None = None
     try:
-        for listener, service in services:
+        for i, (listener, service) in enumerate(services):
+            prebound = sockets[i] if sockets is not None else None
             if listener.proto == "tcp":
-                addresses = await running._start_tcp(listener, service, admit)
+                addresses = await running._start_tcp(listener, service, admit, prebound)
             else:
-                addresses = await running._start_udp(listener, service)
+                addresses = await running._start_udp(listener, service, prebound)
             bound.append(BoundListener(listener, addresses))
         running.listeners = tuple(bound)
         reporter = loop.create_task(running.report_periodically(config.stats_interval))
@@ -516,6 +554,7 @@ async def serve(
     on_listening: OnListening | None = None,
     log: logging.Logger | None = None,
     stop: asyncio.Event | None = None,
+    sockets: Sequence[list[socket.socket]] | None = None,
 ) -> ShutdownResult:
     """Serve `config` until Ctrl-C, SIGTERM or `stop` is set; then shut down within `config.grace`.
 
@@ -534,7 +573,7 @@ async def serve(
 
     installed = _install_signal_handlers(loop, on_signal)
     try:
-        async with open_server(config, log=log) as running:
+        async with open_server(config, log=log, sockets=sockets) as running:
             if on_listening is not None:
                 for b in running.listeners:
                     on_listening(b.proto, b.service, b.host, b.port)

@@ -461,11 +461,15 @@ class TcpConnection(asyncio.Protocol):
         if t.is_closing() or self.draining:
             return
         self.close_reason = _("server shutting down")
-        if t.get_write_buffer_size() == 0:
-            # Nothing owed and nothing unread: a plain close sends the FIN after the last answer.
+        if t.get_write_buffer_size() == 0 and self.tls_pending:
             t.close()
         else:
+            # Even with nothing owed, a plain close is not safe: an active client's next line may be on
+            # its way, and a close with unread bytes sends a reset that destroys the answers still in
+            # the client's receive buffer. Our FIN instead, then read and drop until it goes (at most
+            # LINGER seconds, within the grace period).
             self._linger()
+            asyncio.get_running_loop().call_later(LINGER, self.abort)
 
     def idle_out(self, timeout: float) -> None:
         t = self._transport
