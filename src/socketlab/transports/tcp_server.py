@@ -157,6 +157,10 @@ class TcpListener:
 
     def welcome(self, conn: TcpConnection, peername: Any) -> str:
         """ADMITTED (the connection is now served), REFUSED (drop it unread) or BUSY (ERR busy)."""
+        if peername is None:
+            # uvloop asks getpeername() only now: a client that reset before we got here has none.
+            # There is nobody to serve, or to log.
+            return REFUSED
         if self.admit is not None and not self.admit(peername):
             self.log.info(_("%(listener)s: %(peer)s refused"), {"listener": self.label, "peer": conn.peer})
             return REFUSED
