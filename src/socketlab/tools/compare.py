@@ -148,6 +148,7 @@ class CompareReport:
     measurements: list[Measurement] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     extras: dict[str, float] = field(default_factory=dict)  # e.g. interpreter start-up floor
+    revision: str = ""  # the socketlab commit measured, when it runs from a git checkout
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ class CompareReport:
             "measurements": [asdict(m) for m in self.measurements],
             "skipped": self.skipped,
             "extras": self.extras,
+            "revision": self.revision,
         }
 
 
@@ -318,6 +320,7 @@ def render_markdown(report: CompareReport, chart: str | None = None) -> str:
         "",
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('system')} {m.get('kernel')}, "
         f"{m.get('python')}.",
+        *([f"- socketlab: {report.revision}."] if report.revision else []),
         f"- Load generator: {gen}; {pin}.",
         f"- Medians of {o.rounds} round(s); each load run {o.duration:g} s measured after {o.warmup:g} s "
         "warm-up. Ratios are to `cserver` measured in the same round, then the median of those ratios.",
@@ -950,6 +953,31 @@ def _raise_fd_limit(wanted: int) -> int:
         return wanted
 
 
+def git_revision() -> str:
+    """The commit of the code being measured, and whether src/ differs from it; "" outside git."""
+    git = shutil.which("git")
+    if git is None:
+        return ""
+    try:
+        head = subprocess.run(
+            [git, "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [git, "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"commit {head}" + (" with uncommitted changes in src/" if dirty else "")
+
+
 def can_pin() -> bool:
     if shutil.which("taskset") is None:
         return False
@@ -982,6 +1010,7 @@ def run_compare(options: CompareOptions, log: Log) -> CompareReport:
             pinned=pinned,
             labels={d.name: d.label for d in defs},
             skipped=skipped,
+            revision=git_revision(),
         )
         with contextlib.suppress(OSError, AttributeError):  # not every system has a load average
             report.extras["load average (1 min) when the run started"] = os.getloadavg()[0]
