@@ -116,6 +116,18 @@ def _network(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> int:
+    try:
+        count = int(text, 10)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            _("not a number of processes (1 or more): {text!r}").format(text=text)
+        )
+    return count
+
+
 def _port(text: str) -> int:
     try:
         port = int(text, 10)
@@ -204,6 +216,16 @@ def add_parser(subparsers: Any) -> None:
         choices=LOOPS,
         default="auto",
         help=_("event loop: uvloop is faster, asyncio runs everywhere (default: auto, uvloop if installed)"),
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help=_(
+            "serve from N processes sharing the port (SO_REUSEPORT where the system has it), "
+            "for more than one core; asyncio model only (default: 1)"
+        ),
     )
     parser.add_argument(
         "--grace",
@@ -568,10 +590,21 @@ def handle(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_USAGE
-    handler = configure_logging(args.verbose, background=args.model == "asyncio")
+    if args.workers > 1 and args.model != "asyncio":
+        _fail(_("--workers needs the asyncio model"))
+        return EXIT_USAGE
+    # With workers, the parent writes its few lines directly: a log thread would not survive fork.
+    handler = configure_logging(args.verbose, background=args.model == "asyncio" and args.workers == 1)
     try:
         if args.model != "asyncio":
             return _run_blocking(config, args)
+        if args.workers > 1:
+            from socketlab.transports.workers import run_workers  # noqa: PLC0415 - start-up time
+
+            def in_worker() -> None:
+                configure_logging(args.verbose, background=True)
+
+            return run_workers(config, args.workers, on_listening=print_listening, in_worker=in_worker)
         from socketlab.transports.server import run_server  # noqa: PLC0415 - start-up time
 
         result = run_server(config, on_listening=print_listening)

@@ -106,25 +106,36 @@ class _PortTaken(Exception):
     """The port picked for the first address is busy for a later one: pick another."""
 
 
-def open_listening_sockets(proto: str, host: str | None, port: int) -> list[socket.socket]:
+def open_listening_sockets(
+    proto: str, host: str | None, port: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bound (and, for TCP, listening) non-blocking sockets for `proto` on `host`:`port`.
 
     All sockets share one port, even when `port` is 0. Raises `BindError` when any requested address
-    cannot be had (an IPv6 that the machine lacks is skipped when `host` is None).
+    cannot be had (an IPv6 that the machine lacks is skipped when `host` is None). With `reuse_port`,
+    SO_REUSEPORT is set before bind, so several processes can each bind their own socket to the port
+    and the kernel spreads clients between them (see transports/workers.py).
     """
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    return bind_addresses(proto, listen_addresses(host, kind), port, ipv6_optional=host is None)
+    return bind_addresses(
+        proto, listen_addresses(host, kind), port, ipv6_optional=host is None, reuse_port=reuse_port
+    )
 
 
 def bind_addresses(
-    proto: str, addresses: list[Address], port: int, *, ipv6_optional: bool = False
+    proto: str,
+    addresses: list[Address],
+    port: int,
+    *,
+    ipv6_optional: bool = False,
+    reuse_port: bool = False,
 ) -> list[socket.socket]:
     """One socket per address, all on `port` (with 0, the port the first one got). See above."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     attempts = PORT_ATTEMPTS if port == 0 and len(addresses) > 1 else 1
     for _attempt in range(attempts):
         try:
-            return _bind_all(proto, kind, addresses, port, ipv6_optional=ipv6_optional)
+            return _bind_all(proto, kind, addresses, port, ipv6_optional=ipv6_optional, reuse_port=reuse_port)
         except _PortTaken:
             continue
     raise BindError(
@@ -133,7 +144,13 @@ def bind_addresses(
 
 
 def _bind_all(
-    proto: str, kind: int, addresses: list[Address], port: int, *, ipv6_optional: bool
+    proto: str,
+    kind: int,
+    addresses: list[Address],
+    port: int,
+    *,
+    ipv6_optional: bool,
+    reuse_port: bool = False,
 ) -> list[socket.socket]:
     several = len(addresses) > 1
     socks: list[socket.socket] = []
@@ -151,6 +168,8 @@ def _bind_all(
             try:
                 if kind == socket.SOCK_STREAM and _REUSE_ADDRESS:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6 and several:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(_with_port(sockaddr, chosen))

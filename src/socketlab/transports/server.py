@@ -586,9 +586,13 @@ async def serve(
 
 
 def run_server(
-    config: ServerConfig, *, on_listening: OnListening | None = None, log: logging.Logger | None = None
+    config: ServerConfig,
+    *,
+    on_listening: OnListening | None = None,
+    log: logging.Logger | None = None,
+    sockets: Sequence[list[socket.socket]] | None = None,
 ) -> ShutdownResult:
     """`serve(config)` on a new event loop of the kind `config.loop` names."""
     # A long-running server process: worth keeping large buffers in the heap (see allocator.py).
     keep_heap_for_streaming()
-    return run(serve(config, on_listening=on_listening, log=log), config.loop)
+    return run(serve(config, on_listening=on_listening, log=log, sockets=sockets), config.loop)
