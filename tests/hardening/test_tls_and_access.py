@@ -226,3 +226,38 @@ def test_allow_and_deny_files_from_the_command_line(tmp_path: Path) -> None:
         output = finish(server)
     assert served == {"127.0.0.5": True, "127.0.1.9": False, "127.0.2.1": False}
     assert sum("refused by the access list" in line for line in output) == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_client_speaks_tls_and_refuses_an_untrusted_server(pki: Pki) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.hardening.support import finish, serve  # noqa: PLC0415
+    from tests.helpers import cli_env  # noqa: PLC0415
+
+    def client(*extra: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "socketlab", "client", "tcp", "127.0.0.1", str(port), *extra]
+        return subprocess.run(
+            command, input=stdin, capture_output=True, timeout=30, env=cli_env(), check=False
+        )
+
+    with serve(["tcp", "--tls-cert", pki.cert, "--tls-key", pki.key]) as server:
+        port = server.port()
+        lines = "".join(f"linha {n} ação\n" for n in range(2000)) + "última sem fim de linha"
+        good = client("--tls", "--ca", pki.ca, stdin=lines.encode())
+        untrusted = client("--tls", "--ca", pki.other_ca, "-m", "oi")
+        insecure = client("--tls", "--insecure", "-m", "oi")
+        plain = client("-m", "oi", "--timeout", "2")
+        finish(server)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.decode() == lines.upper() + "\n"
+    assert untrusted.returncode == 1
+    assert b"not trusted" in untrusted.stderr
+    assert insecure.returncode == 0
+    assert insecure.stdout == b"OI\n"
+    assert plain.returncode == 1  # a plain client gets no answer from a TLS server
+    figure(
+        "tls client",
+        "2,001 lines (the last unterminated) through client --tls; untrusted CA refused (exit 1)",
+    )

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANSWERED
+from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANSWERED, EXIT_USAGE
 from socketlab.i18n import _, ngettext
 
 if TYPE_CHECKING:
@@ -94,6 +94,21 @@ def add_parser(subparsers: Any) -> None:
         default=3,
         metavar="N",
         help=_("UDP: send a request again up to N times before reporting it lost (default 3)"),
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help=_("TCP: speak TLS (1.2 or later), checking the server's certificate"),
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help=_("with --tls: trust the certificate authority in FILE (PEM) instead of the system's"),
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help=_("with --tls: do not check the server's certificate (encrypted, but not authenticated)"),
     )
     parser.add_argument(
         "--trace", action="store_true", help=_("show each socket system call on standard error")
@@ -209,6 +224,11 @@ def _run_tcp(args: argparse.Namespace, tracer: Tracer | None, out: _Output) -> i
             window = 1  # one line at a time, so each prompt comes after the previous answer
     timeout = args.timeout if args.timeout is not None else ANSWER_TIMEOUT
     sock = connect_tcp(args.host, args.port, tracer=tracer)
+    if args.tls:
+        from socketlab.config import CONNECT_TIMEOUT  # noqa: PLC0415
+        from socketlab.transports.tls import client_context, open_tls_pipe  # noqa: PLC0415
+
+        sock = open_tls_pipe(sock, client_context(args.ca, args.insecure), args.host, CONNECT_TIMEOUT)
     with sock:
         pipeline = Pipeline(sock, items, window=window, timeout=timeout, peer=f"{args.host} port {args.port}")
         for batch in pipeline.answers():
@@ -265,6 +285,12 @@ def handler(args: argparse.Namespace) -> int:
         from socketlab.tracing import make_tracer  # noqa: PLC0415
 
         tracer = make_tracer(args.trace_format, sys.stderr)
+    if args.proto == "udp" and (args.tls or args.ca or args.insecure):
+        _error(_("--tls, --ca and --insecure are for tcp"))
+        return EXIT_USAGE
+    if (args.ca or args.insecure) and not args.tls:
+        _error(_("--ca and --insecure go with --tls"))
+        return EXIT_USAGE
     try:
         out = _Output(sys.stdout)
         if args.proto == "tcp":
