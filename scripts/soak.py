@@ -334,7 +334,9 @@ async def run(
     tasks += [asyncio.ensure_future(long_line(tcp.port, stop, tally)) for _ in range(2)]
     tasks += [asyncio.ensure_future(never_reads(tcp.port, stop, tally)) for _ in range(3)]
     tasks.append(asyncio.ensure_future(resets(tcp.port, stop, tally)))
-    tasks.append(asyncio.ensure_future(bursts(tcp.port, stop, tally, args.max_connections)))
+    burst = args.max_connections if args.burst is None else args.burst
+    if burst:
+        tasks.append(asyncio.ensure_future(bursts(tcp.port, stop, tally, burst)))
     tasks.append(asyncio.ensure_future(udp_flood(udp.port, stop, tally)))
     started = time.monotonic()
     end = started + args.minutes * 60
@@ -381,6 +383,11 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--good", type=int, default=20, help="good TCP clients at once (default 20)")
     parser.add_argument("--max-connections", type=int, default=200, help="the TCP server's cap (default 200)")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        help="connections opened at once every 15 s (default: --max-connections; 0: no bursts)",
+    )
     parser.add_argument("--loop", default="auto", help="the servers' event loop (default auto)")
     parser.add_argument("--json", metavar="FILE", help="also write the summary and samples as JSON")
     args = parser.parse_args()
