@@ -65,9 +65,7 @@ def test_every_byte_value_invalid_utf8_and_nul_are_answered_and_the_server_goes_
     assert byte_by_byte == answer
     assert answer.count(b"\n") == len(lines)
     assert still == b"AINDA AQUI\n"
-    figure(
-        "every byte", f"{len(lines)} hostile lines ({len(data)} bytes) answered alike whole and byte by byte"
-    )
+    figure("every byte", f"{len(lines)} hostile lines ({len(data)} bytes) same answer whole and byte by byte")
 
 
 @pytest.mark.timeout(30)
@@ -91,5 +89,5 @@ def test_half_close_mid_line_and_reset_mid_line(loop: str) -> None:
     assert not any("Traceback" in line for line in output)
     figure(
         "half-close, reset",
-        "unterminated line answered at half-close; 20 resets mid-line, next client served",
+        "last line answered at half-close; 20 resets mid-line, next client served",
     )

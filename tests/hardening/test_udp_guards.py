@@ -55,6 +55,17 @@ def _nothing_waiting(s: socket.socket) -> bool:
     return False
 
 
+def _kernel_udp_drops() -> int:
+    """Datagrams the kernel dropped for full receive buffers, machine-wide (0 where unknown)."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+    except OSError:
+        return 0
+    header, values = rows[0], rows[1]
+    return int(values[header.index("RcvbufErrors")]) if "RcvbufErrors" in header else 0
+
+
 def _drops(running: RunningServer) -> dict[str, int]:
     udp = running.stats()["udp"]
     assert isinstance(udp, dict)
@@ -172,12 +183,13 @@ def test_a_flood_from_spoofed_loopback_sources_is_cut_to_the_rate(loop: str) -> 
     with server_thread(_config(limit_loopback=True), loop) as running:
         port = running.listeners[0].port
         socks = [_udp(host) for host in sources]
+        kernel_drops = _kernel_udp_drops()
         started = time.monotonic()
         for n in range(per_source):
             for s in socks:
                 s.sendto(b"flood %d" % n, ("127.0.0.1", port))
-            if n % 50 == 49:
-                time.sleep(0.001)  # keep the kernel's receive buffer from dropping them for us
+            if n % 10 == 9:
+                time.sleep(0.002)  # keep the kernel's receive buffer from dropping them for us
         elapsed = time.monotonic() - started
         _probe_from = _udp("127.0.0.9")
         _probe_from.sendto(b"still here", ("127.0.0.1", port))
@@ -195,11 +207,13 @@ def test_a_flood_from_spoofed_loopback_sources_is_cut_to_the_rate(loop: str) -> 
             answered.append(count)
             s.close()
         drops = _drops(running)
+        kernel_drops = _kernel_udp_drops() - kernel_drops
     ceiling = 200 + 100 * (elapsed + 0.5)  # burst + rate x time, with room for the clock's grain
     assert bystander == b"STILL HERE"
     assert all(count <= ceiling for count in answered)
-    # The rest were cut by the guard, but for a few the kernel may drop first when its buffer fills.
-    assert drops["rate_limited"] >= len(sources) * per_source // 2
+    # The rest were cut by the guard, except those the kernel dropped first when a buffer was full
+    # (counted machine-wide, so other traffic can only make this bound looser).
+    assert drops["rate_limited"] >= len(sources) * per_source - sum(answered) - kernel_drops
     figure(
         f"udp flood ({loop})",
         f"{len(sources)} sources x {per_source} datagrams in {elapsed:.2f} s: answered {answered} "
