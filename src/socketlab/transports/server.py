@@ -431,8 +431,11 @@ def fit_max_connections(limits: Limits, log: logging.Logger) -> Limits:
         return limits  # Windows: no such limit to check
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + FD_RESERVE
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    # Room for twice as many: a burst of clients is accepted whole before the first of them can be
+    # turned away, so 2 x max-connections at once must still find descriptors to be told ERR busy.
+    room = 2 * need
+    if soft != resource.RLIM_INFINITY and soft < room:
+        target = room if hard == resource.RLIM_INFINITY else min(hard, room)
         if target > soft:
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
