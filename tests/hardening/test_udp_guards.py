@@ -249,3 +249,24 @@ def test_a_denied_source_is_dropped_silently() -> None:
             _probe(port)
             assert _nothing_waiting(denied)
         assert _drops(running)["denied"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_answers_are_dropped_and_counted_while_the_send_buffer_is_full() -> None:
+    # A loopback UDP socket's send buffer does not fill (the kernel drops at the receiver instead),
+    # so the real endpoint is told what its transport would say: above the cap, then below again.
+    async def main() -> tuple[list[tuple[bytes, Any]], int]:
+        guard = UdpGuard()
+        endpoint = UdpEndpoint(make_service("upper"), logging.getLogger("test"), "udp upper", guard, 1024)
+        transport = _RecordingTransport()
+        endpoint.connection_made(transport)  # type: ignore[arg-type]
+        endpoint.datagram_received(b"um", ("127.0.0.1", 5000))
+        endpoint.pause_writing()
+        endpoint.datagram_received(b"dois", ("127.0.0.1", 5000))
+        endpoint.resume_writing()
+        endpoint.datagram_received(b"tres", ("127.0.0.1", 5000))
+        return transport.sent, endpoint.send_drops
+
+    sent, dropped = asyncio.run(main())
+    assert [data for data, _addr in sent] == [b"UM", b"TRES"]
+    assert dropped == 1
