@@ -246,8 +246,8 @@ def test_shutdown_delivers_answers_owed_to_a_slow_reader(loop: str) -> None:
             shutdown = asyncio.ensure_future(running.shutdown(grace=10))
             await asyncio.sleep(0.05)
             rest = await reader.read()  # everything up to the server's FIN
+            writer.close()  # we leave too, so the server need not wait for us any longer
             result = await shutdown
-            writer.close()
             assert not result.forced
             assert rest == b"HELLO\n" * (len(rest) // 6)
             assert len(rest) % 6 == 0
