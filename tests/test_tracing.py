@@ -456,6 +456,13 @@ def events(lines: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 class _Lines:
     """Collects the lines of a pipe in a thread, so stdout and stderr can both be read."""
 
@@ -529,9 +536,13 @@ def test_trace_matches_strace_of_the_same_run(form: str, tmp_path: Path) -> None
         os.kill(server_pid, signal.SIGINT)
         assert proc.wait(20) == 0, stderr.lines
     finally:
-        if server_pid is not None and proc.poll() is None:
+        # The traced server is strace's child: killing strace alone would leave it running with our
+        # pipes open, and the reader threads (and this test) waiting forever. Kill it first, found
+        # even when the test failed before it announced itself.
+        tracees = [server_pid] if server_pid is not None else _children(proc.pid)
+        for pid in tracees:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(server_pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
