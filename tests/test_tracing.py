@@ -539,11 +539,11 @@ def test_trace_matches_strace_of_the_same_run(form: str, tmp_path: Path) -> None
         # The traced server is strace's child: killing strace alone would leave it running with our
         # pipes open, and the reader threads (and this test) waiting forever. Kill it first, found
         # even when the test failed before it announced itself.
-        tracees = [server_pid] if server_pid is not None else _children(proc.pid)
-        for pid in tracees:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # Only while strace runs: then its tracee is surely ours (its PID cannot have been reused).
         if proc.poll() is None:
+            for pid in [server_pid] if server_pid is not None else _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
         stdout.close()
