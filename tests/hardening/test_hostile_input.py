@@ -91,3 +91,28 @@ def test_half_close_mid_line_and_reset_mid_line(loop: str) -> None:
         "half-close, reset",
         "last line answered at half-close; 20 resets mid-line, next client served",
     )
+
+
+@pytest.mark.timeout(30)
+def test_a_users_function_cannot_answer_more_than_three_times_the_max_line() -> None:
+    from socketlab.config import Limits, Listener, ServerConfig  # noqa: PLC0415
+    from tests.transports.serving import server_thread  # noqa: PLC0415
+
+    config = ServerConfig(
+        listeners=(Listener("tcp", "tests.hardening.big_answer:grow", "127.0.0.1", 0),),
+        limits=Limits(max_line=1024),
+    )
+    with (
+        server_thread(config) as running,
+        socket.create_connection(("127.0.0.1", running.listeners[0].port), timeout=10) as s,
+    ):
+        small = ask(s, b"ab\n")  # 2,000 bytes: within 3 x 1 KiB
+        big = ask(s, b"abcd\n")  # 4,000 bytes: over it
+        after = ask(s, b"c\n")
+    assert small == b"ab" * 1000 + b"\n"
+    assert big == b"ERR ServiceError: the answer is longer than 3072 bytes (3 x --max-line)\n"
+    assert after == b"c" * 1000 + b"\n"
+    figure(
+        "user answer bound",
+        "a user's function answering 1000x: refused with one ERR line above 3 x --max-line",
+    )

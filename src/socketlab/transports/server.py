@@ -38,8 +38,9 @@ from socketlab.core.guards import (
     UdpGuard,
     UdpSourceGuard,
 )
-from socketlab.core.services import ErrorReporter, Service, make_service
-from socketlab.errors import BindError, ConfigError
+from socketlab.core.services import ErrorReporter, Function, Service, make_service
+from socketlab.core.text import encode
+from socketlab.errors import BindError, ConfigError, ServiceError
 from socketlab.i18n import _, ngettext
 from socketlab.transports.allocator import keep_heap_for_streaming
 from socketlab.transports.binding import (
@@ -460,6 +461,23 @@ async def _turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
+# An answer may be at most this many times the longest line: upper case can triple UTF-8 (U+0390 is 2
+# bytes, its upper case 6), so the built-in services stay within it by themselves; a user's function
+# is held to it too, so one line cannot make the server build an answer of any size.
+MAX_ANSWER_FACTOR = 3
+
+
+def _bounded(func: Callable[[str], str], limit: int) -> Callable[[str], str]:
+    def bounded(text: str) -> str:
+        answer = func(text)
+        # A str of n characters is at most 4n bytes: only a long answer needs encoding to be measured.
+        if isinstance(answer, str) and len(answer) * 4 > limit and len(encode(answer)) > limit:
+            raise ServiceError(f"the answer is longer than {limit} bytes (3 x --max-line)")
+        return answer
+
+    return bounded
+
+
 def _error_reporter(log: logging.Logger, label: str, verbose: bool) -> ErrorReporter:
     def report(request: bytes, exc: BaseException) -> None:
         log.error(
@@ -494,6 +512,9 @@ async def open_server(
         for lst in config.listeners
     ]
     running._prepare()
+    for _listener, service in services:
+        if isinstance(service, Function):
+            service.func = _bounded(service.func, MAX_ANSWER_FACTOR * running.limits.max_line)
     previous_handler = running._previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(running.on_loop_error)
     bound: list[BoundListener] = []
