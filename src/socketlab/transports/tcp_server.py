@@ -49,8 +49,8 @@ ERR_BUSY = b"ERR busy\n"
 # A client turned away gets this long to read ERR busy before its socket is dropped; short, since
 # the point of refusing it is to give its descriptor back.
 BUSY_LINGER = 0.5
-# At most this many turned-away clients linger at once (each holds a descriptor); beyond it they are
-# dropped at once. The server keeps this many descriptors spare (see server.fit_max_connections).
+# At most this many turned-away clients linger at once (each holds a descriptor); beyond it they get
+# ERR busy and an immediate close. The server keeps this many descriptors spare (server.FD_RESERVE).
 MAX_LINGERING = 16
 
 # What `Admission.check` decides about a new connection.
