@@ -451,7 +451,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _tls_failed(self, raw: asyncio.Transport, exc: BaseException | None) -> None:
         self.tls_pending = False
-        reason = str(exc) if exc is not None and str(exc) else type(exc).__name__
+        reason = _("the client left") if exc is None else str(exc) or type(exc).__name__
         self.close_reason = _("TLS handshake failed: {reason}").format(reason=reason)
         self._listener.closed_by["tls_failed"] += 1
         raw.abort()
