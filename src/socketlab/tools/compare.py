@@ -408,7 +408,9 @@ def write_chart(report: CompareReport, path: str) -> bool:
     for i, server in enumerate(servers):
         xs = [j + (i - (len(servers) - 1) / 2) * width for j, s in enumerate(scenarios) if server in table[s]]
         ys = [table[s][server] for s in scenarios if server in table[s]]
-        ax.bar(xs, ys, width * 0.95, label=report.labels[server])
+        # tab20's dark shades first, then its light ones: more than ten servers never share a colour.
+        color = plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2)
+        ax.bar(xs, ys, width * 0.95, label=report.labels[server], color=color)
     for j, s in enumerate(scenarios):
         goal = SCENARIO_INFO[s].target_ratio
         if goal is not None:
