@@ -1,1 +1,1 @@
-"""Tools built on the transports: bench, speed, check, proxy; each a library module with a thin CLI command."""
+"""Tools built on the transports (bench, speed, check, proxy): library modules behind thin CLI commands."""
