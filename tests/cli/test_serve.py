@@ -134,7 +134,7 @@ def test_ctrl_c_answers_the_lines_already_received_and_exits_0(loop: str) -> Non
         with socket.create_connection(("127.0.0.1", server.port()), timeout=10) as sock:
             sock.sendall("".join(lines).encode())
             # -v logs each line as the server reads it: once the last is logged, all were received.
-            _wait_for_output(server, "b'linha 199")
+            _wait_for_output(server, "'linha 199: ação")
             assert any(line.endswith(f"event loop: {loop}") for line in server.output)
             server.proc.send_signal(signal.SIGINT)
             assert _read_all(sock) == "".join(lines).upper().encode()

@@ -34,6 +34,7 @@ from socketlab.config import READ_CHUNK, Limits, Listener, ServerConfig
 from socketlab.core.framing import split_lines
 from socketlab.core.services import Service, make_service
 from socketlab.core.session import StreamSession
+from socketlab.core.text import to_display
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
 from socketlab.tracing import Tracer, format_address, open_socket
@@ -213,7 +214,7 @@ class BlockingServer:
             for line in split_lines(data):
                 logger.info(
                     _("%(listener)s: %(peer)s >> %(line)r"),
-                    {"listener": client.endpoint.label, "peer": client.peer, "line": line},
+                    {"listener": client.endpoint.label, "peer": client.peer, "line": to_display(line)},
                 )
 
     def eof_reason(self) -> str | None:
@@ -254,7 +255,7 @@ class BlockingServer:
             if self.config.verbose:
                 logger.info(
                     _("%(listener)s: %(peer)s >> %(line)r"),
-                    {"listener": endpoint.label, "peer": format_address(address), "line": data},
+                    {"listener": endpoint.label, "peer": format_address(address), "line": to_display(data)},
                 )
             answer = service.answer_datagram(data)
             if answer is None:

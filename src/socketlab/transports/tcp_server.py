@@ -26,6 +26,7 @@ from socketlab.core.framing import LineFramer
 from socketlab.core.guards import ConnectionGuard, DropReason
 from socketlab.core.services import Service
 from socketlab.core.session import StreamSession
+from socketlab.core.text import to_display
 from socketlab.errors import LineTooLong
 from socketlab.i18n import _
 from socketlab.transports.binding import format_peer
@@ -551,5 +552,5 @@ class VerboseTcpConnection(TcpConnection):
         listener = self._listener
         listener.log.info(
             _("%(listener)s: %(peer)s >> %(line)r"),
-            {"listener": listener.label, "peer": self.peer, "line": line},
+            {"listener": listener.label, "peer": self.peer, "line": to_display(line)},
         )

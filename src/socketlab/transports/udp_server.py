@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from socketlab.core.guards import PRIVILEGED_PORT_LIMIT, REFLECTION_PORTS, UdpGuard, is_loopback
 from socketlab.core.services import Service
+from socketlab.core.text import to_display
 from socketlab.i18n import _
 from socketlab.transports.binding import format_peer
 
@@ -133,6 +134,6 @@ class VerboseUdpEndpoint(UdpEndpoint):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.log.info(
             _("%(listener)s: %(peer)s >> %(line)r"),
-            {"listener": self.label, "peer": format_peer(addr), "line": data},
+            {"listener": self.label, "peer": format_peer(addr), "line": to_display(data)},
         )
         super().datagram_received(data, addr)
