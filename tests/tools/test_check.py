@@ -547,7 +547,7 @@ def test_cli_a_udp_server_that_never_answers_fails_with_an_explanation() -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["tcp", LOOPBACK, "0"], "a port is between 1 and 65535"),
+        (["tcp", LOOPBACK, "0"], "not a port number (1-65535)"),
         (["sctp", LOOPBACK, "80"], "invalid choice"),
         (["tcp", LOOPBACK, "80", "--timeout", "0"], "the timeout must be above 0"),
         (["tcp", LOOPBACK, "80", "--service", "discard"], "invalid choice"),

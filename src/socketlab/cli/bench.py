@@ -12,44 +12,11 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
+from socketlab.cli.argtypes import at_least, duration, size
 from socketlab.i18n import _
 
 if TYPE_CHECKING:
     from socketlab.tools.bench import BenchResult, Progress
-
-
-def parse_size(text: str) -> int:
-    """ "64", "1K", "1G" -> bytes, by socketlab.units' rules, as an argparse type."""
-    from socketlab.errors import ConfigError  # noqa: PLC0415 - keep `socketlab client` start-up lean
-    from socketlab.units import parse_size as parse  # noqa: PLC0415
-
-    try:
-        return parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def parse_seconds(text: str) -> float:
-    """ "10", "10s", "500ms" -> seconds, by socketlab.units' rules, as an argparse type."""
-    from socketlab.errors import ConfigError  # noqa: PLC0415
-    from socketlab.units import parse_duration  # noqa: PLC0415
-
-    try:
-        return parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            _("must be a whole number of at least 1: {text!r}").format(text=text)
-        )
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -83,12 +50,12 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     cmp.add_argument(
-        "--rounds", type=_positive, default=3, help=_("rounds of every measurement (default: 3)")
+        "--rounds", type=at_least(1), default=3, help=_("rounds of every measurement (default: 3)")
     )
     cmp.add_argument(
-        "--duration", type=parse_seconds, default=5.0, help=_("measured seconds per load run (default: 5)")
+        "--duration", type=duration, default=5.0, help=_("measured seconds per load run (default: 5)")
     )
-    cmp.add_argument("--warmup", type=parse_seconds, default=1.0, help=_("warm-up seconds (default: 1)"))
+    cmp.add_argument("--warmup", type=duration, default=1.0, help=_("warm-up seconds (default: 1)"))
     cmp.add_argument(
         "--scenarios",
         default="all",
@@ -105,18 +72,18 @@ def add_parser(subparsers: Any) -> None:
     )
     cmp.add_argument(
         "--bulk-total",
-        type=parse_size,
+        type=size,
         default=1024**3,
         help=_("bytes through the bulk round trip (default: 1G)"),
     )
     cmp.add_argument(
         "--idle-conns",
-        type=_positive,
+        type=at_least(1),
         default=10_000,
         help=_("idle TCP connections for the memory measurement (default: 10000)"),
     )
     cmp.add_argument(
-        "--startup-runs", type=_positive, default=10, help=_("client start-up runs (default: 10)")
+        "--startup-runs", type=at_least(1), default=10, help=_("client start-up runs (default: 10)")
     )
     cmp.add_argument(
         "--generator",
@@ -145,38 +112,38 @@ def _add_load_options(sub: argparse.ArgumentParser, proto: str) -> None:
     sub.add_argument(
         "-c",
         "--connections",
-        type=_positive,
+        type=at_least(1),
         default=16,
         help=_("concurrent {what} (default: 16)").format(what=what),
     )
     sub.add_argument(
         "-s",
         "--size",
-        type=parse_size,
+        type=size,
         default=64,
         help=_("bytes per request line, newline included (default: 64)"),
     )
     sub.add_argument(
-        "-d", "--duration", type=parse_seconds, default=10.0, help=_("measured seconds (default: 10)")
+        "-d", "--duration", type=duration, default=10.0, help=_("measured seconds (default: 10)")
     )
     sub.add_argument(
         "-w",
         "--warmup",
-        type=parse_seconds,
+        type=duration,
         default=1.0,
         help=_("seconds of load before measuring (default: 1)"),
     )
     sub.add_argument(
         "-k",
         "--pipeline",
-        type=_positive,
+        type=at_least(1),
         default=1,
         help=_("requests in flight per connection (default: 1)"),
     )
     # No -p: `serve` and `client` use -p for the port, which bench takes as an argument.
     sub.add_argument(
         "--procs",
-        type=_positive,
+        type=at_least(1),
         default=1,
         help=_("client processes sharing the connections (default: 1)"),
     )

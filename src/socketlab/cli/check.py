@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from socketlab.cli.argtypes import remote_port
 from socketlab.i18n import _, ngettext, setup
 from socketlab.tools.check import DEFAULT_TIMEOUT, SERVICES, TCP_CHECK_IDS, UDP_CHECK_IDS
 
@@ -24,16 +25,6 @@ if TYPE_CHECKING:
 # Reports wrap at the terminal's width, but never wider than this: long lines are hard to read.
 MAX_WIDTH = 100
 LABEL_WIDTH = 10
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(_("not a port number: {text!r}").format(text=text)) from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(_("a port is between 1 and 65535, not {port}").format(port=port))
-    return port
 
 
 def _seconds(text: str) -> float:
@@ -63,7 +54,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("proto", choices=("tcp", "udp"), help=_("the server's transport protocol"))
     parser.add_argument("host", help=_("the server's host name or IP address"))
-    parser.add_argument("port", type=_port, help=_("the server's port"))
+    parser.add_argument("port", type=remote_port, help=_("the server's port"))
     parser.add_argument(
         "--service",
         choices=SERVICES,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANSWERED, EXIT_USAGE
+from socketlab.cli.argtypes import remote_port
 from socketlab.i18n import _, ngettext
 
 if TYPE_CHECKING:
@@ -22,16 +23,6 @@ if TYPE_CHECKING:
 # One read of standard input; blocks of this size keep a pipe of short lines fast (one send per block,
 # not per line) while bounding memory.
 INPUT_CHUNK = 64 * 1024
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(_("not a port number (1-65535): {text!r}").format(text=text))
-    return port
 
 
 def _positive_seconds(text: str) -> float:
@@ -71,7 +62,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("proto", choices=("tcp", "udp"), help=_("transport protocol"))
     parser.add_argument("host", help=_("server name or address (localhost tries ::1 and 127.0.0.1)"))
-    parser.add_argument("port", type=_port, help=_("server port"))
+    parser.add_argument("port", type=remote_port, help=_("server port"))
     parser.add_argument(
         "-m",
         "--message",

@@ -13,10 +13,10 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from socketlab.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from socketlab.cli.argtypes import at_least, checked, listen_port, remote_port
 from socketlab.errors import ConfigError, SocketlabError
 from socketlab.i18n import _, ngettext
 
@@ -24,29 +24,6 @@ if TYPE_CHECKING:
     from socketlab.tools.proxy.common import ProxyEvent
 
 PROG = "socketlab proxy"
-
-
-def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type from a parser that raises ConfigError, so a bad value is a usage error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__  # argparse names the type in its message
-    return convert
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(_("not a port number (0 to 65535): {text!r}").format(text=text))
-    return port
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -60,29 +37,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(_("write an IPv6 address in brackets: [::1]:9876"))
     if not host:
         raise argparse.ArgumentTypeError(_("not HOST:PORT: {text!r}").format(text=text))
-    return host, _port(port_text)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            _("must be a whole number of at least 1: {text!r}").format(text=text)
-        )
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(_("must be a whole number, 0 or more: {text!r}").format(text=text))
-    return value
+    return host, remote_port(port_text)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -116,7 +71,7 @@ def add_parser(subparsers: Any) -> None:
         sub.add_argument(
             "--listen",
             metavar="PORT",
-            type=_port,
+            type=listen_port,
             required=True,
             help=_("port to listen on (0: any free port, printed at start)"),
         )
@@ -136,7 +91,7 @@ def add_parser(subparsers: Any) -> None:
         sub.add_argument(
             "--delay",
             metavar="MS[±JITTER]",
-            type=_checked(parse_delay),
+            type=checked(parse_delay),
             default=(0.0, 0.0),
             help=_("added delay each way, in ms unless a unit is given: 50, 50ms, 50±10, 50+-10"),
         )
@@ -149,7 +104,7 @@ def add_parser(subparsers: Any) -> None:
                 sub.add_argument(
                     name,
                     metavar="P",
-                    type=_checked(parse_probability),
+                    type=checked(parse_probability),
                     default=0.0,
                     help=_("share of {what}, each way: 0.1 or 10%% (default: 0)").format(what=what),
                 )
@@ -157,27 +112,27 @@ def add_parser(subparsers: Any) -> None:
             sub.add_argument(
                 "--bandwidth",
                 metavar="RATE",
-                type=_checked(parse_bandwidth),
+                type=checked(parse_bandwidth),
                 default=0.0,
                 help=_("bytes per second each way: 50000, 64K, 1MiB/s, 8Mbit/s (default: no limit)"),
             )
             sub.add_argument(
                 "--slice",
                 metavar="N",
-                type=_positive_int,
+                type=at_least(1),
                 default=0,
                 help=_("write every chunk in pieces of N bytes, each sent on its own (TCP_NODELAY)"),
             )
             sub.add_argument(
                 "--reset-after",
                 metavar="BYTES",
-                type=_checked(parse_size),
+                type=checked(parse_size),
                 default=0,
                 help=_("reset each connection (RST) after this many bytes forwarded, both ways together"),
             )
         sub.add_argument(
             "--seed",
-            type=_nonnegative_int,
+            type=at_least(0),
             help=_("seed of the dice: the same seed gives the same faults again (default: random, printed)"),
         )
         sub.add_argument("-v", "--verbose", action="store_true", help=_("log every event on standard error"))

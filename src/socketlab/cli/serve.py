@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import sys
 import textwrap
 import threading
@@ -22,6 +21,7 @@ import time
 from typing import Any, TextIO
 
 from socketlab.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from socketlab.cli.argtypes import at_least, duration, listen_port, positive_size
 from socketlab.config import (
     GRACE,
     IDLE_TIMEOUT,
@@ -48,42 +48,6 @@ from socketlab.i18n import _
 MODELS = ("asyncio", "iterative", "threads", "selectors")
 LOOPS = ("auto", "asyncio", "uvloop")
 PROG = "socketlab serve"
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)(?:i?[bB])?\s*$")
-_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
-
-
-def parse_size(text: str) -> int:
-    """A size in bytes: `16384`, `16K`, `16KiB`, `1M` (K and M are powers of 1024, as for buffers)."""
-    m = _SIZE.match(text)
-    value = int(m[1]) * _UNITS[m[2].lower()] if m else 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(
-            _("not a size in bytes (like 16384, 16K or 1M): {text!r}").format(text=text)
-        )
-    return value
-
-
-def _seconds(text: str) -> float:
-    """A duration, seconds by default: `30`, `1.5`, `250ms`, `2min` (see socketlab.units)."""
-    from socketlab.units import parse_duration  # noqa: PLC0415 - start-up time
-
-    try:
-        return parse_duration(text)
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            _("not a number of seconds (0 or more, or with a unit: 250ms, 2min): {text!r}").format(text=text)
-        ) from None
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(_("not a whole number (0 or more): {text!r}").format(text=text))
-    return value
 
 
 def _rate(text: str) -> float:
@@ -114,30 +78,6 @@ def _network(text: str) -> str:
             )
         ) from None
     return text
-
-
-def _workers(text: str) -> int:
-    try:
-        count = int(text, 10)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(
-            _("not a number of processes (1 or more): {text!r}").format(text=text)
-        )
-    return count
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        port = -1
-    if not 0 <= port < 65536:
-        raise argparse.ArgumentTypeError(
-            _("not a port number (0-65535, 0 picks a free one): {text!r}").format(text=text)
-        )
-    return port
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -203,7 +143,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "-p",
         "--port",
-        type=_port,
+        type=listen_port,
         help=_(
             "port to listen on, 0 for any free port (default: tcp {tcp}, udp {udp}; needs tcp or udp)"
         ).format(tcp=TCP_UPPER_PORT, udp=UDP_UPPER_PORT),
@@ -219,7 +159,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=at_least(1),
         default=1,
         metavar="N",
         help=_(
@@ -229,14 +169,14 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--grace",
-        type=_seconds,
+        type=duration,
         default=GRACE,
         metavar="SECONDS",
         help=_("after Ctrl-C, how long clients get to collect their answers (default: %(default)g)"),
     )
     parser.add_argument(
         "--max-line",
-        type=parse_size,
+        type=positive_size,
         default=MAX_LINE,
         metavar="SIZE",
         help=_(
@@ -246,7 +186,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=duration,
         default=IDLE_TIMEOUT,
         metavar="SECONDS",
         help=_("close TCP clients silent this long, 0 for never (default: %(default)g)"),
@@ -257,7 +197,7 @@ def add_parser(subparsers: Any) -> None:
     )
     limits.add_argument(
         "--line-deadline",
-        type=_seconds,
+        type=duration,
         default=LINE_DEADLINE,
         metavar="SECONDS",
         help=_(
@@ -267,14 +207,14 @@ def add_parser(subparsers: Any) -> None:
     )
     limits.add_argument(
         "--send-timeout",
-        type=_seconds,
+        type=duration,
         default=SEND_TIMEOUT,
         metavar="SECONDS",
         help=_("disconnect a client that leaves its answers unread this long (default: %(default)g)"),
     )
     limits.add_argument(
         "--max-connections",
-        type=_count,
+        type=at_least(0),
         default=MAX_CONNECTIONS,
         metavar="N",
         help=_(
@@ -284,7 +224,7 @@ def add_parser(subparsers: Any) -> None:
     )
     limits.add_argument(
         "--max-per-address",
-        type=_count,
+        type=at_least(0),
         default=MAX_PER_ADDRESS,
         metavar="N",
         help=_("TCP clients at once from one address, loopback exempt (default: %(default)d)"),
@@ -301,7 +241,7 @@ def add_parser(subparsers: Any) -> None:
     )
     limits.add_argument(
         "--udp-burst",
-        type=_count,
+        type=at_least(0),
         default=UDP_BURST,
         metavar="N",
         help=_("UDP datagrams a source may send at once above its rate (default: %(default)d)"),
@@ -328,7 +268,7 @@ def add_parser(subparsers: Any) -> None:
     )
     limits.add_argument(
         "--stats-interval",
-        type=_seconds,
+        type=duration,
         default=STATS_INTERVAL,
         metavar="SECONDS",
         help=_("how often drops are summed up in the log (default: %(default)g)"),
