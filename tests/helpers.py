@@ -71,6 +71,13 @@ def start_serve(
         stdin=subprocess.DEVNULL,
         env=env or cli_env(),
     )
+    return wait_for_listeners(proc, expect, timeout)
+
+
+def wait_for_listeners(
+    proc: subprocess.Popen[bytes], expect: int = 1, timeout: float = 15.0
+) -> ServerProcess:
+    """Read a started server's output until `expect` listening lines came, never past `timeout`."""
     server = ServerProcess(proc)
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tests.helpers import ServerProcess, cli_env, start_serve
+from tests.helpers import ServerProcess, cli_env, start_serve, wait_for_listeners
 
 
 def figure(name: str, text: str) -> None:
@@ -63,24 +63,8 @@ def serve_limited(args: Sequence[str], nofile: int) -> ServerProcess:
 
 
 def _announced(proc: subprocess.Popen[bytes]) -> ServerProcess:
-    from tests.helpers import LISTENING  # noqa: PLC0415
-
-    server = ServerProcess(proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 15
-    while not server.listeners and time.monotonic() < deadline:
-        raw = proc.stdout.readline()
-        if not raw:
-            break
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        server.output.append(line)
-        m = LISTENING.match(line)
-        if m:
-            server.listeners.append((m[1], m[2], m[3], int(m[4])))
-    if not server.listeners:
-        server.__exit__(None, None, None)
-        raise RuntimeError(f"server did not start: {server.output}")
-    return _drained(server)
+    # Bounded wait: a server that never announces itself fails the test instead of hanging it.
+    return _drained(wait_for_listeners(proc))
 
 
 def finish(server: ServerProcess, sig: int | None = 15) -> list[str]:
