@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from socketlab.core.services import ERR_LINE_TOO_LONG, make_service
 from socketlab.core.session import StreamSession
 from socketlab.errors import LineTooLong
+from tests.conftest import ROOT
 
 
 def run(service: str, chunks: list[bytes], max_line: int = 16384) -> tuple[bytes, bool]:
@@ -56,3 +62,30 @@ def test_unterminated_last_line_is_answered_at_end() -> None:
 def test_echo_is_byte_exact_and_unframed() -> None:
     data = bytes(range(256)) * 100
     assert run("echo", cut(data, [7, 300, 9000]), max_line=8) == (data, False)
+
+
+def test_a_line_one_byte_over_the_limit_is_refused_however_it_arrives() -> None:
+    # Found by fuzz/fuzz_core.py: a chunk of exactly max_line + 2 bytes ("xx\n" with max_line 1) took
+    # the no-scan fast path, and in a longer block the line after a good one was dropped unanswered.
+    over = b"\xf4\xf4\n"
+    expected = (b"\n" + ERR_LINE_TOO_LONG, True)
+    assert run("upper", [b"\n" + over], max_line=1) == expected
+    assert run("upper", [b"\n", over], max_line=1) == expected
+    assert run("upper", [b"\n", over[:1], over[1:]], max_line=1) == expected
+    assert run("upper", [b"a\r\n"], max_line=1) == (b"A\r\n", False)  # CR LF is not content
+
+
+def test_atheris_fuzz_smoke_run(tmp_path: Path) -> None:
+    """A short run of the coverage-guided fuzzer (fuzz/fuzz_core.py); long runs are a separate command."""
+    if importlib.util.find_spec("atheris") is None:
+        pytest.skip("atheris is not installed (pip install atheris; it has wheels for Linux and macOS)")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "fuzz" / "fuzz_core.py"), "-runs=20000", "-seed=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done 20000 runs" in done.stderr

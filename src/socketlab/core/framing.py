@@ -82,8 +82,9 @@ class LineFramer:
             self._check_partial()
             return None
         block_len = end + 1
-        if block_len > self.max_line + 2:
-            # Only a long block can hold a long line; find the first one, keep the lines before it.
+        if block_len > self.max_line + 1:
+            # Only a block longer than one line of max_line bytes and its LF can hold a line over the
+            # limit; find the first such line and keep the lines before it.
             good = self._good_prefix(block_len)
             if good < block_len:
                 if good == 0:

@@ -18,8 +18,9 @@ class StreamSession:
         self.service = service
         self.max_line = max_line
         self._framer = LineFramer(max_line)
-        # Lines longer than this cannot fit in a chunk this short, so such a chunk needs no line scan.
-        self._fast_limit = max_line + 2
+        # A chunk no longer than one line of max_line bytes and its LF cannot hold a line over the
+        # limit, so such a chunk needs no line scan.
+        self._fast_limit = max_line + 1
         self.closing = False
         """True once the client broke a rule: send what was returned, then close."""
         self.error: LineTooLong | None = None
@@ -41,17 +42,12 @@ class StreamSession:
         if not framer.pending and data[-1] == 0x0A and len(data) <= self._fast_limit:
             return service.answer_block(data)
         framer.receive_data(data)
+        answer = b""
         try:
-            block = framer.next_block()
-            if block is None:
-                return b""
-            answer = service.answer_block(block)
-        except LineTooLong as exc:
-            return self._refuse(exc, b"")
-        try:
-            # Nothing complete is left or only lines after an over-long one: this call raises for
-            # those, and checks the length of the unterminated tail otherwise.
-            framer.next_block()
+            # Usually one block; the call after it raises for an over-long line that stopped the
+            # block short, and checks the length of the unterminated tail otherwise.
+            while (block := framer.next_block()) is not None:
+                answer += service.answer_block(block)
         except LineTooLong as exc:
             return self._refuse(exc, answer)
         return answer
