@@ -130,6 +130,8 @@ class ServerConfig:
     listeners: tuple[Listener, ...] = field(default_factory=lecture_listeners)
     limits: Limits = field(default_factory=Limits)
     loop: str = "auto"  # "auto" (uvloop when installed), "asyncio" or "uvloop"
+    # Who reads UDP sockets: "thread" (one blocking thread per socket, the faster) or "loop" (the event loop).
+    udp_io: str = "thread"
     grace: float = GRACE
     verbose: bool = False
     access: Access = field(default_factory=Access)

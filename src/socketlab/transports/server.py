@@ -58,7 +58,7 @@ from socketlab.transports.tcp_server import (
     TcpConnection,
     TcpListener,
 )
-from socketlab.transports.udp_server import UdpEndpoint, VerboseUdpEndpoint
+from socketlab.transports.udp_server import UdpEndpoint, UdpThread, VerboseUdpEndpoint, serve_in_threads
 
 LOGGER_NAME = "socketlab.server"
 
@@ -127,7 +127,7 @@ class RunningServer:
         self.tcp_listeners: list[TcpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._listening: list[tuple[socket.socket, TcpListener]] = []  # for the last accepts at shutdown
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[asyncio.DatagramTransport | UdpThread] = []  # each closes its socket
         self.limits: Limits = config.limits  # as fitted to the descriptor limit (see fit_max_connections)
         self.admission: Admission | None = None
         self.udp_endpoints: list[tuple[str, UdpEndpoint, UdpGuard]] = []  # (label, endpoint, guard)
@@ -305,6 +305,13 @@ class RunningServer:
         addresses = tuple((s.getsockname()[0], s.getsockname()[1]) for s in socks)
         guard = self._udp_guard()
         limits = self.limits
+        if self.config.udp_io == "thread":
+            threads = serve_in_threads(
+                socks, lambda: endpoint_class(service, self.log, label, guard, limits.udp_send_buffer)
+            )
+            self._udp.extend(threads)
+            self.udp_endpoints.extend((label, thread.endpoint, guard) for thread in threads)
+            return addresses
         for i, sock in enumerate(socks):
             try:
                 transport, protocol = await loop.create_datagram_endpoint(
