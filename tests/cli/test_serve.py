@@ -319,3 +319,14 @@ def test_log_lines_that_do_not_fit_are_dropped_counted_and_said() -> None:
     note = f"({dropped} log lines dropped: standard error was not being read)"
     assert lines.count(note) == 1
     assert [line for line in lines if line != note] == [big] + [f"line {i}" for i in range(50 - dropped)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("udp_io", ["thread", "loop"])
+def test_udp_io_choices_both_answer_and_stop(udp_io: str) -> None:
+    with start_serve(["udp", "--service", "upper", "--udp-io", udp_io, *LOOPBACK]) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto("ação".encode(), ("127.0.0.1", server.port("udp")))
+            assert sock.recv(100) == "AÇÃO".encode()
+        assert server.stop(signal.SIGINT) == 0

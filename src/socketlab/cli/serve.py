@@ -158,6 +158,15 @@ def add_parser(subparsers: Any) -> None:
         help=_("event loop: uvloop is faster, asyncio runs everywhere (default: auto, uvloop if installed)"),
     )
     parser.add_argument(
+        "--udp-io",
+        choices=("thread", "loop"),
+        default="thread",
+        help=_(
+            "how UDP sockets are served: a thread blocking in recvfrom (faster, see docs/performance.md) "
+            "or the event loop's datagram protocol (default: thread)"
+        ),
+    )
+    parser.add_argument(
         "--workers",
         type=at_least(1),
         default=1,
@@ -383,6 +392,7 @@ def build_config(
         listeners=listeners,
         limits=limits,
         loop=args.loop,
+        udp_io=args.udp_io,
         grace=args.grace,
         verbose=args.verbose,
         access=access,
