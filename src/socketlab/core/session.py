@@ -18,6 +18,10 @@ class StreamSession:
         self.service = service
         self.max_line = max_line
         self._framer = LineFramer(max_line)
+        # Bound once: the fast path below reads these for every chunk.
+        self._fast = service.framed
+        self._answer_block = service.answer_block
+        self._held = self._framer.held
         # A chunk no longer than one line of max_line bytes and its LF cannot hold a line over the
         # limit, so such a chunk needs no line scan.
         self._fast_limit = max_line + 1
@@ -32,15 +36,22 @@ class StreamSession:
 
     def receive_data(self, data: bytes) -> bytes:
         """Answers owed for `data`: possibly empty, never an exception for any input."""
+        # The common case first, as cheaply as Python allows (this runs once per chunk read): a
+        # chunk of whole lines, short enough to need no line scan, with nothing held over.
+        if (
+            self._fast
+            and len(data) <= self._fast_limit
+            and data[-1:] == b"\n"
+            and not self._held
+            and not self.closing
+        ):
+            return self._answer_block(data)
         if self.closing or not data:
             return b""
         service = self.service
         if not service.framed:
             return service.answer_stream(data)
         framer = self._framer
-        # The common case, a chunk of whole lines with nothing held over, needs no copy at all.
-        if not framer.pending and data[-1] == 0x0A and len(data) <= self._fast_limit:
-            return service.answer_block(data)
         framer.receive_data(data)
         answer = b""
         try:
