@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from socketlab.errors import ConfigError
-from socketlab.i18n import _
+from socketlab.i18n import _, ngettext
 
 if TYPE_CHECKING:
     from _socket import _Address, _RetAddress
@@ -134,11 +134,15 @@ def _format_data(data: bytes) -> str:
     return text + "..." if len(data) >= PREVIEW_BYTES else text
 
 
+def _count_bytes(n: int) -> str:
+    return ngettext("{n} byte", "{n} bytes", n).format(n=n)
+
+
 def format_event(event: CallEvent, explain: dict[str, str] | None = None) -> str:
     """One line for people: call(args) -> result  [blocked t]  explanation."""
     parts = [] if event.name == "socket" or event.fd < 0 else [f"fd={event.fd}"]
     for key, value in event.args.items():
-        parts.append(_("{n} bytes").format(n=value) if key == "bytes" else f"{key}={value}")
+        parts.append(_count_bytes(value) if key == "bytes" else f"{key}={value}")
     if event.data is not None and event.name.startswith("send"):
         parts.append(_format_data(event.data))
     line = f"{event.name}({', '.join(parts)})"
@@ -152,7 +156,7 @@ def format_event(event: CallEvent, explain: dict[str, str] | None = None) -> str
     elif event.result is not None:
         shown = []
         for key, value in event.result.items():
-            shown.append(_("{n} bytes").format(n=value) if key == "bytes" else f"{key}={value}")
+            shown.append(_count_bytes(value) if key == "bytes" else f"{key}={value}")
         if event.data and event.name.startswith("recv"):
             shown.append(_format_data(event.data))
         line += " -> " + " ".join(shown)

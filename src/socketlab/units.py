@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Literal
 
 from socketlab.errors import ConfigError
+from socketlab.i18n import _
 
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 BIT_PREFIXES = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -37,11 +38,11 @@ def parse_size(text: str) -> int:
     """`4096`, `4K`, `4KiB`, `1.5M`, `64b` to bytes. The result must be a whole number of bytes."""
     m = _SIZE.fullmatch(text.strip())
     if m is None:
-        raise ConfigError(f"not a size: {text!r} (examples: 512, 4K, 64KiB, 1.5M)")
+        raise ConfigError(_("not a size: {text!r} (examples: 512, 4K, 64KiB, 1.5M)").format(text=text))
     # Decimal, not float: `1.1M` must be exact or refused, never rounded to a nearby byte count.
     value = Decimal(m.group(1)) * SIZE_UNITS[(m.group(2) or "").lower()]
     if value != value.to_integral_value():
-        raise ConfigError(f"not a whole number of bytes: {text!r}")
+        raise ConfigError(_("not a whole number of bytes: {text!r}").format(text=text))
     return int(value)
 
 
@@ -62,9 +63,9 @@ def parse_size_list(text: str) -> list[int]:
     for raw in text.split(","):
         item = raw.strip()
         if not item:
-            raise ConfigError(f"empty item in size list {text!r}")
+            raise ConfigError(_("empty item in size list {text!r}").format(text=text))
         if ".." in item:
-            low_text, _, high_text = item.partition("..")
+            low_text, _dots, high_text = item.partition("..")
             values = size_range(parse_size(low_text), parse_size(high_text))
         else:
             values = [parse_size(item)]
@@ -75,15 +76,21 @@ def parse_size_list(text: str) -> list[int]:
 def size_range(low: int, high: int) -> list[int]:
     """low, 2·low, 4·low, ... up to and including high when it falls on the doubling."""
     if low <= 0:
-        raise ConfigError(f"a range must start above 0, not {low}")
+        raise ConfigError(_("a range must start above 0, not {low}").format(low=low))
     if high < low:
-        raise ConfigError(f"a range must not go down: {format_size(low)}..{format_size(high)}")
+        raise ConfigError(
+            _("a range must not go down: {low}..{high}").format(low=format_size(low), high=format_size(high))
+        )
     values = []
     v = low
     while v <= high:
         values.append(v)
         if len(values) > MAX_RANGE_POINTS:
-            raise ConfigError(f"range {format_size(low)}..{format_size(high)} has too many points")
+            raise ConfigError(
+                _("range {low}..{high} has too many points").format(
+                    low=format_size(low), high=format_size(high)
+                )
+            )
         v *= 2
     return values
 
@@ -92,11 +99,11 @@ def parse_duration(text: str) -> float:
     """`1`, `1s`, `250ms`, `50us`, `2min` to seconds; a bare number is seconds. Never negative."""
     m = _DURATION.fullmatch(text.strip())
     if m is None:
-        raise ConfigError(f"not a duration: {text!r} (examples: 1, 0.5s, 250ms, 50us)")
+        raise ConfigError(_("not a duration: {text!r} (examples: 1, 0.5s, 250ms, 50us)").format(text=text))
     unit = (m.group(2) or "s").lower()
     seconds = float(Decimal(m.group(1)) * DURATION_UNITS[unit])
     if not math.isfinite(seconds):
-        raise ConfigError(f"duration too long: {text!r}")
+        raise ConfigError(_("duration too long: {text!r}").format(text=text))
     return seconds
 
 
@@ -137,13 +144,15 @@ def parse_rate(text: str) -> Rate:
     try:
         value = float(body)
     except ValueError:
-        raise ConfigError(f"not a rate: {text!r} (examples: 20000 datagrams/s, 10MB/s, 100Mbit/s)") from None
+        raise ConfigError(
+            _("not a rate: {text!r} (examples: 20000 datagrams/s, 10MB/s, 100Mbit/s)").format(text=text)
+        ) from None
     return _positive(Rate(value, "datagrams"), text)
 
 
 def _positive(rate: Rate, text: str) -> Rate:
     if not (math.isfinite(rate.per_second) and rate.per_second > 0):
-        raise ConfigError(f"a rate must be above zero: {text!r}")
+        raise ConfigError(_("a rate must be above zero: {text!r}").format(text=text))
     return rate
 
 

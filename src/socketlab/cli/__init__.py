@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
             "a check failed); 2 usage error; 3 some UDP requests went unanswered; 130 interrupted."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"socketlab {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"socketlab {__version__}",
+        help=_("show the version of socketlab and exit"),
+    )
     parser.add_argument(
         "--lang", choices=("en", "pt"), help=_("language of messages (default: from LANG/LC_ALL)")
     )
