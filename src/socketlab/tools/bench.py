@@ -40,6 +40,7 @@ from typing import Any
 from socketlab import __version__
 from socketlab.core.services import make_service
 from socketlab.errors import ConfigError, ConnectError
+from socketlab.i18n import _
 
 SERVICES = ("upper", "echo", "ack")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -83,22 +84,34 @@ class BenchSpec:
     def check(self) -> None:
         """Raise ConfigError for a spec that cannot run."""
         if self.proto not in ("tcp", "udp"):
-            raise ConfigError(f"unknown protocol {self.proto!r}: use tcp or udp")
+            raise ConfigError(_("unknown protocol {proto!r}: use tcp or udp").format(proto=self.proto))
         if self.service not in SERVICES:
-            raise ConfigError(f"bench knows the answers of {', '.join(SERVICES)}, not {self.service!r}")
+            raise ConfigError(
+                _("bench knows the answers of {services}, not {service!r}").format(
+                    services=", ".join(SERVICES), service=self.service
+                )
+            )
         if not 0 < self.port < 65536:
-            raise ConfigError(f"port {self.port} is not in 1-65535")
+            raise ConfigError(_("port {port} is not in 1-65535").format(port=self.port))
         if self.connections < 1 or self.pipeline < 1 or self.procs < 1:
-            raise ConfigError("connections, pipeline and procs must be at least 1")
+            raise ConfigError(_("connections, pipeline and procs must be at least 1"))
         if self.payload not in PAYLOADS:
-            raise ConfigError(f"payload must be one of {', '.join(PAYLOADS)}, not {self.payload!r}")
+            raise ConfigError(
+                _("payload must be one of {payloads}, not {payload!r}").format(
+                    payloads=", ".join(PAYLOADS), payload=self.payload
+                )
+            )
         if self.procs > self.connections:
-            raise ConfigError(f"{self.procs} processes need at least as many connections")
+            raise ConfigError(
+                _("{procs} processes need at least as many connections").format(procs=self.procs)
+            )
         least = SEQ_DIGITS + 2 if self.proto == "udp" else 2
         if not least <= self.size <= 65_000:
-            raise ConfigError(f"size must be {least}-65000 bytes for {self.proto}")
+            raise ConfigError(
+                _("size must be {least}-65000 bytes for {proto}").format(least=least, proto=self.proto)
+            )
         if self.duration <= 0 or self.warmup < 0:
-            raise ConfigError("duration must be positive and warm-up not negative")
+            raise ConfigError(_("duration must be positive and warm-up not negative"))
 
 
 def request_line(size: int, seq: int | None = None, payload: str = "ascii") -> bytes:
@@ -123,12 +136,12 @@ def expected_answer(service: str, request: bytes, proto: str = "tcp") -> bytes:
     if proto == "udp":
         answer = svc.answer_datagram(request)
         if answer is None:
-            raise ConfigError(f"service {service!r} does not answer datagrams")
+            raise ConfigError(_("service {service!r} does not answer datagrams").format(service=service))
         return answer
     answer = svc.answer_block(request)
     # Answers are framed by their LF; a service answering with more or fewer lines cannot be checked.
     if not answer.endswith(b"\n") or answer.count(b"\n") != 1:
-        raise ConfigError(f"service {service!r} does not answer one line per line")
+        raise ConfigError(_("service {service!r} does not answer one line per line").format(service=service))
     return answer
 
 
@@ -397,13 +410,13 @@ def _open_sockets(spec: BenchSpec, count: int, tally: Tally) -> list[socket.sock
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, type=kind)
     except socket.gaierror as exc:
-        raise ConnectError(f"cannot resolve {spec.host}: {exc}") from exc
-    family, _, _, _, address = infos[0]
+        raise ConnectError(_("cannot resolve {host}: {reason}").format(host=spec.host, reason=exc)) from exc
+    family, _kind, _proto, _name, address = infos[0]
     poller = _Poller()
     pending: dict[int, socket.socket] = {}
     ready: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _turn in range(count):
             sock = socket.socket(family, kind)
             sock.setblocking(False)
             if kind == socket.SOCK_STREAM:
@@ -554,14 +567,14 @@ def _tcp_loop(
                 done = monotonic_ns()
                 answers_total += n
                 if w0 <= done < w1:
-                    for _ in range(n):
+                    for _turn in range(n):
                         sent = inflight.popleft()
                         if sent >= t0:
                             us = (done - sent) // 1000
                             counts[us] = counts.get(us, 0) + 1
                             requests += 1
                 else:
-                    for _ in range(n):
+                    for _turn in range(n):
                         inflight.popleft()
                 if n:
                     inflight.extend([done] * n)
@@ -640,7 +653,7 @@ def _udp_loop(
     now = time.monotonic_ns()
     for fd in by_fd:
         poller.register(fd, _Poller.READ)
-        for _ in range(spec.pipeline):
+        for _turn in range(spec.pipeline):
             send_new(fd, now)
 
     requests = answers_total = wrong = errors = timeouts = stale = bytes_in = 0
@@ -775,7 +788,7 @@ def _drive_workers(
     for w in workers:
         msg = _read_message(w, deadline)
         if "ready" not in msg:
-            raise ConnectError(f"a load process failed to start: {msg}")
+            raise ConnectError(_("a load process failed to start: {message}").format(message=msg))
     start_ns = time.monotonic_ns() + int(_START_MARGIN * _NS)
     for w in workers:
         assert w.stdin is not None
@@ -794,8 +807,8 @@ def _drive_workers(
         while len(done) < len(workers):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ConnectError("load processes did not finish in time")
-            for key, _ in sel.select(left):
+                raise ConnectError(_("load processes did not finish in time"))
+            for key, _events in sel.select(left):
                 i = key.data
                 msg = _read_message(workers[i], deadline)
                 if "progress" in msg:
@@ -815,7 +828,9 @@ def _drive_workers(
                     done.add(i)
                     sel.unregister(key.fileobj)
                 else:
-                    raise ConnectError(f"a load process failed: {msg.get('error', msg)}")
+                    raise ConnectError(
+                        _("a load process failed: {message}").format(message=msg.get("error", msg))
+                    )
     return merged
 
 

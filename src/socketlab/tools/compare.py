@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from socketlab.errors import ConfigError, SocketlabError
+from socketlab.i18n import _
 from socketlab.tools.bench import machine_info
 
 Log = Callable[[str], None]
@@ -171,7 +172,11 @@ def parse_list(text: str, allowed: Sequence[str]) -> tuple[str, ...]:
     items = tuple(x.strip() for x in text.split(",") if x.strip())
     unknown = [x for x in items if x not in allowed]
     if unknown:
-        raise ConfigError(f"unknown {', '.join(unknown)}: choose from {', '.join(allowed)}")
+        raise ConfigError(
+            _("unknown {unknown}: choose from {allowed}").format(
+                unknown=", ".join(unknown), allowed=", ".join(allowed)
+            )
+        )
     return items
 
 
@@ -709,7 +714,9 @@ def running(
             elif "ready" in text:
                 break
             if not server.alive() or time.monotonic() > deadline:
-                raise SocketlabError(f"{defn.name} did not start: {text.strip()[-300:]!r}")
+                raise SocketlabError(
+                    _("{name} did not start: {output!r}").format(name=defn.name, output=text.strip()[-300:])
+                )
             time.sleep(0.02)
         yield server
     finally:
@@ -769,7 +776,7 @@ class Runner:
         self.pin_client = ["taskset", "-c", "1"] if pin else []
         use_loadgen = options.generator != "socketlab" and "loadgen" in cbin
         if options.generator == "loadgen" and "loadgen" not in cbin:
-            raise ConfigError("the C loadgen could not be built (gcc and ../shared/bench are needed)")
+            raise ConfigError(_("the C loadgen could not be built (gcc and ../shared/bench are needed)"))
         self.generator = "loadgen" if use_loadgen else "socketlab"
 
     def _run_json(self, argv: list[str], timeout: float) -> dict[str, Any]:
@@ -783,7 +790,11 @@ class Runner:
         )
         line = result.stdout.strip().splitlines()[-1:] if result.stdout.strip() else []
         if not line:
-            raise SocketlabError(f"{Path(argv[0]).name} printed nothing: {result.stderr.strip()[-300:]}")
+            raise SocketlabError(
+                _("{program} printed nothing: {output}").format(
+                    program=Path(argv[0]).name, output=result.stderr.strip()[-300:]
+                )
+            )
         data: dict[str, Any] = json.loads(line[0])
         return data
 
@@ -872,7 +883,7 @@ class Runner:
         socks: list[socket.socket] = []
         note = ""
         try:
-            for _ in range(n):
+            for _turn in range(n):
                 socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
         except OSError as exc:
             note = f"{len(socks):,} connected, then {exc.strerror or exc}"
@@ -893,7 +904,7 @@ class Runner:
         cmd = [str(exe)] if exe.exists() else _socketlab_cmd()
         times = []
         errors = 0
-        for _ in range(self.o.startup_runs):
+        for _turn in range(self.o.startup_runs):
             t = time.perf_counter()
             r = subprocess.run(
                 [*self.pin_client, *cmd, "client", "tcp", "127.0.0.1", str(port), "--message", "x"],
@@ -908,7 +919,7 @@ class Runner:
 
     def interpreter_floor(self) -> float:
         times = []
-        for _ in range(self.o.startup_runs):
+        for _turn in range(self.o.startup_runs):
             t = time.perf_counter()
             subprocess.run([*self.pin_client, sys.executable, "-c", "pass"], check=False, timeout=30)
             times.append((time.perf_counter() - t) * 1000)

@@ -479,7 +479,9 @@ def _bounded(func: Callable[[str], str], limit: int) -> Callable[[str], str]:
         answer = func(text)
         # A str of n characters is at most 4n bytes: only a long answer needs encoding to be measured.
         if isinstance(answer, str) and len(answer) * 4 > limit and len(encode(answer)) > limit:
-            raise ServiceError(f"the answer is longer than {limit} bytes (3 x --max-line)")
+            raise ServiceError(
+                _("the answer is longer than {limit} bytes (3 x --max-line)").format(limit=limit)
+            )
         return answer
 
     return bounded

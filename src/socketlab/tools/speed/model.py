@@ -12,6 +12,7 @@ from typing import Any
 
 from socketlab.config import MAX_DATAGRAM, MiB
 from socketlab.errors import ConfigError
+from socketlab.i18n import _
 from socketlab.units import Rate
 
 SCHEMA = "socketlab.speed/1"
@@ -70,9 +71,9 @@ def make_points(
     `sndbufs`/`rcvbufs` must be [None]). A chunk of None means "all at once": the whole byte budget in
     one send() (TCP), the largest datagram (UDP)."""
     if proto not in ("tcp", "udp"):
-        raise ConfigError(f"unknown protocol {proto!r}: use tcp or udp")
+        raise ConfigError(_("unknown protocol {proto!r}: use tcp or udp").format(proto=proto))
     if proto == "udp" and recv_chunk is not None:
-        raise ConfigError("UDP reads each datagram whole: there is no receive chunk to choose")
+        raise ConfigError(_("UDP reads each datagram whole: there is no receive chunk to choose"))
     pairs = [(b, b) for b in bufs] if bufs is not None else [(s, r) for s in sndbufs for r in rcvbufs]
     points = []
     for sndbuf, rcvbuf in pairs:
@@ -88,7 +89,7 @@ def make_points(
     for p in points:
         for name, value in (("SO_SNDBUF", p.sndbuf), ("SO_RCVBUF", p.rcvbuf)):
             if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be above 0 bytes")
+                raise ConfigError(_("{name} must be above 0 bytes").format(name=name))
     return tuple(points)
 
 
@@ -103,10 +104,10 @@ def _resolve_chunk(proto: str, chunk: int | None, max_bytes: int | None) -> int:
         return size
     if chunk is None:
         if max_bytes is None:
-            raise ConfigError("--chunk all needs --bytes: all of what, at once?")
+            raise ConfigError(_("--chunk all needs --bytes: all of what, at once?"))
         return max_bytes
     if chunk <= 0:
-        raise ConfigError("a chunk must be at least 1 byte")
+        raise ConfigError(_("a chunk must be at least 1 byte"))
     return chunk
 
 

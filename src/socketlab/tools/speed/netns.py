@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from socketlab.errors import ConfigError, TransportError
+from socketlab.i18n import _
 from socketlab.tools.speed.model import Link
 
 # The token bucket's queue: what the "router" in front of the link may hold (tc's own example value).
@@ -66,9 +67,13 @@ def _run(args: list[str]) -> None:
         detail = exc.stderr.decode(errors="replace").strip()
         if "qdisc kind is unknown" in detail:
             detail += f" (this kernel lacks the sch_{args[args.index('root') + 1]} module)"
-        raise TransportError(f"--netns: {' '.join(args)} failed: {detail}") from None
+        raise TransportError(
+            _("--netns: {command} failed: {detail}").format(command=" ".join(args), detail=detail)
+        ) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TransportError(f"--netns: {' '.join(args)} failed: {exc}") from None
+        raise TransportError(
+            _("--netns: {command} failed: {reason}").format(command=" ".join(args), reason=exc)
+        ) from None
 
 
 def _burst_bytes(rate_bits: int) -> int:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from socketlab.errors import TransportError
+from socketlab.i18n import _
 from socketlab.tools.speed import ends
 
 # How long the child may take to start, to open its socket, and to see the sender connect.
@@ -155,9 +156,11 @@ class LocalReceiver:
         try:
             message = self._lines.receive(timeout)
         except TimeoutError:
-            raise TransportError(f"the receiver process did not answer within {timeout:.0f} s") from None
+            raise TransportError(
+                _("the receiver process did not answer within {timeout:.0f} s").format(timeout=timeout)
+            ) from None
         if message is None:
-            raise TransportError("the receiver process died")
+            raise TransportError(_("the receiver process died"))
         if kind not in message:
             raise TransportError(str(message.get("error", message)))
         value: dict[str, Any] = message[kind]

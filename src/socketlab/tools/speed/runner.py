@@ -22,6 +22,7 @@ from typing import Any
 
 from socketlab import __version__
 from socketlab.errors import ConnectError, TransportError
+from socketlab.i18n import _
 from socketlab.tools.speed import ends
 from socketlab.tools.speed.model import (
     BufferSize,
@@ -129,8 +130,10 @@ def _connect(proto: str, address: tuple[str, int], sndbuf: int | None) -> socket
     try:
         infos = socket.getaddrinfo(address[0], address[1], type=kind)
     except socket.gaierror as exc:
-        raise ConnectError(f"cannot resolve {address[0]}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
+        raise ConnectError(
+            _("cannot resolve {host}: {reason}").format(host=address[0], reason=exc.strerror)
+        ) from None
+    family, _kind, _proto, _name, sockaddr = infos[0]
     sock = socket.socket(family, kind)
     try:
         # Before connect(): the buffer must be in place when TCP negotiates the connection.
@@ -142,7 +145,11 @@ def _connect(proto: str, address: tuple[str, int], sndbuf: int | None) -> socket
         ends.set_io_timeout(sock, ends.IO_TIMEOUT)
     except OSError as exc:
         sock.close()
-        raise ConnectError(f"cannot connect to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        raise ConnectError(
+            _("cannot connect to {host}:{port}: {reason}").format(
+                host=address[0], port=address[1], reason=exc.strerror or exc
+            )
+        ) from None
     return sock
 
 
@@ -160,7 +167,7 @@ def _run_tcp(
         sndbuf.end = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         sock.shutdown(socket.SHUT_WR)
     except OSError as exc:
-        raise TransportError(f"sending failed: {exc.strerror or exc}") from None
+        raise TransportError(_("sending failed: {reason}").format(reason=exc.strerror or exc)) from None
     run = RunResult(
         seconds=sent.finished - sent.started,
         sent_bytes=sent.sent_bytes,
@@ -226,7 +233,7 @@ def _run_udp(
             f"nobody is listening on udp {config.to or config.host}: the kernel said port unreachable"
         ) from None
     except OSError as exc:
-        raise TransportError(f"sending failed: {exc.strerror or exc}") from None
+        raise TransportError(_("sending failed: {reason}").format(reason=exc.strerror or exc)) from None
     sndbuf.end = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     run = RunResult(
         seconds=sent.finished - sent.started,
