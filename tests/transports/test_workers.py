@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,26 @@ def test_workers_need_the_asyncio_model() -> None:
     )
     assert done.returncode == 2
     assert "--workers needs the asyncio model" in done.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_stop_when_the_parent_is_killed_outright() -> None:
+    args = ["tcp", "--service", "upper", "--host", "127.0.0.1", "--port", "0", "--workers", "2"]
+    with start_serve(args) as server:
+        workers = children(server.proc.pid)
+        assert len(workers) == 2
+        server.proc.kill()  # SIGKILL: the parent cannot pass anything on
+        server.proc.wait(10)
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in workers if _running(pid)]
+            time.sleep(0.1)
+        assert alive == [], f"workers {alive} outlived their parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False

@@ -98,6 +98,7 @@ def run_workers(
     sys.stdout.flush()  # else what is buffered would be written once more by every worker
     sys.stderr.flush()
     pids: list[int] = []
+    parent = os.getpid()
     # Signals wait until every worker exists and the parent's handler is in place; otherwise a Ctrl-C
     # in between would stop the parent and leave workers serving in their own process group.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -105,7 +106,7 @@ def run_workers(
         for worker_socks in sets:
             pid = os.fork()
             if pid == 0:
-                _worker_main(config, worker_socks, sets, in_worker)  # never returns
+                _worker_main(config, worker_socks, sets, in_worker, parent)  # never returns
             pids.append(pid)
     except BaseException:
         for pid in pids:
@@ -121,15 +122,34 @@ def run_workers(
     return _wait(pids)
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Linux: a SIGTERM when the parent dies, however it dies (kill -9 included).
+
+    Workers live in their own process group, so nothing else would ever stop them: without this, a
+    parent killed outright would leave servers running that nobody knows about.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415 - only workers on Linux need it
+
+    pr_set_pdeathsig = 1  # from <sys/prctl.h>
+    with contextlib.suppress(OSError, AttributeError):  # no libc prctl: the parent's signals still work
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(
     config: ServerConfig,
     socks: list[list[socket.socket]],
     sets: SocketSets,
     in_worker: Callable[[], None] | None,
+    parent: int,
 ) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # out of the terminal's group: Ctrl-C goes to the parent, which passes it on
+        _stop_with_parent(parent)
         # The parent's way of handling signals is not the worker's: back to Python's defaults until
         # the server installs its own, then let the signals blocked around fork() through.
         signal.signal(signal.SIGINT, signal.default_int_handler)
