@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from socketlab.errors import ConfigError
 from socketlab.i18n import _, ngettext
+from socketlab.transports.binding import format_peer
 
 if TYPE_CHECKING:
     from _socket import _Address, _RetAddress
@@ -114,14 +115,6 @@ def explanations() -> dict[str, str]:
         # Not a call on one socket: the selectors model's wait on all of them (epoll, kqueue...).
         "select": _("waits until some socket can be read or written: one thread serves every client"),
     }
-
-
-def format_address(address: object) -> str:
-    """`127.0.0.1:54012` or `[::1]:54012`, as the server's listening lines print it."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -396,7 +389,7 @@ class TracedSocket(socket.socket):
             )
 
     def bind(self, address: _Address, /) -> None:
-        self._call("bind", {"address": format_address(address)}, lambda: socket.socket.bind(self, address))
+        self._call("bind", {"address": format_peer(address)}, lambda: socket.socket.bind(self, address))
 
     def listen(self, backlog: int = socket.SOMAXCONN, /) -> None:
         self._call("listen", {"backlog": backlog}, lambda: socket.socket.listen(self, backlog))
@@ -412,13 +405,11 @@ class TracedSocket(socket.socket):
         # socket.socket.accept already chose the new socket's blocking mode; detach keeps it.
         new_fd = plain.detach()
         conn = TracedSocket(self.family, self.type, self.proto, fileno=new_fd, tracer=self._tracer)
-        self._report("accept", fd, {}, start, result={"fd": new_fd, "peer": format_address(address)})
+        self._report("accept", fd, {}, start, result={"fd": new_fd, "peer": format_peer(address)})
         return conn, address
 
     def connect(self, address: _Address, /) -> None:
-        self._call(
-            "connect", {"address": format_address(address)}, lambda: socket.socket.connect(self, address)
-        )
+        self._call("connect", {"address": format_peer(address)}, lambda: socket.socket.connect(self, address))
 
     def send(self, data: Buffer, flags: int = 0, /) -> int:
         sent: int = self._call(
@@ -447,7 +438,7 @@ class TracedSocket(socket.socket):
             flags = flags_or_address
         sent: int = self._call(
             "sendto",
-            _with_flags({"bytes": _nbytes(data), "address": format_address(address)}, flags),
+            _with_flags({"bytes": _nbytes(data), "address": format_peer(address)}, flags),
             lambda: socket.socket.sendto(self, data, flags, address),
             result_of=lambda n: {"bytes": n},
             sent=_head(data),
@@ -469,7 +460,7 @@ class TracedSocket(socket.socket):
             "recvfrom",
             _with_flags({"bufsize": bufsize}, flags),
             lambda: socket.socket.recvfrom(self, bufsize, flags),
-            result_of=lambda v: {"bytes": len(v[0]), "peer": format_address(v[1])},
+            result_of=lambda v: {"bytes": len(v[0]), "peer": format_peer(v[1])},
             data_of=lambda v: v[0][:PREVIEW_BYTES],
         )
         return value

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from socketlab.cli.argtypes import at_least, duration, size
 from socketlab.i18n import _
+from socketlab.transports.binding import format_address
 
 if TYPE_CHECKING:
     from socketlab.tools.bench import BenchResult, Progress
@@ -257,7 +258,7 @@ def format_result(r: BenchResult) -> str:
             proto=s.proto,
             service=s.service,
             # An IPv6 address needs brackets before its port, as in a URL.
-            where=f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+            where=format_address(s.host, s.port),
             conns=t.connected,
             k=s.pipeline,
             size=s.size,

@@ -175,10 +175,10 @@ async def _serve(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio  # noqa: PLC0415 - start-up time
     import signal  # noqa: PLC0415
 
-    from socketlab.tools.proxy.common import format_address  # noqa: PLC0415
     from socketlab.tools.proxy.faults import TcpFaults, UdpFaults  # noqa: PLC0415
     from socketlab.tools.proxy.tcp import open_tcp_proxy  # noqa: PLC0415
     from socketlab.tools.proxy.udp import open_udp_proxy  # noqa: PLC0415
+    from socketlab.transports.binding import format_peer  # noqa: PLC0415
 
     delay, jitter = args.delay
     on_event = _print_event if args.verbose else None
@@ -198,11 +198,11 @@ async def _serve(args: argparse.Namespace) -> dict[str, Any]:
         opener = open_tcp_proxy(args.to, faults, listen=listen, seed=args.seed, on_event=on_event)
     async with opener as proxy:
         host, port = proxy.address
-        address = format_address((host, port))
+        address = format_peer((host, port))
         print(_("{proto} proxy listening on {address}").format(proto=args.proto, address=address), flush=True)
         print(
             _("relaying to {target}: {faults}; seed {seed}").format(
-                target=format_address(args.to), faults=describe_faults(args.proto, faults), seed=proxy.seed
+                target=format_peer(args.to), faults=describe_faults(args.proto, faults), seed=proxy.seed
             ),
             flush=True,
         )
@@ -247,9 +247,9 @@ def _preview(data: bytes) -> str:
 
 
 def _print_event(event: ProxyEvent) -> None:
-    from socketlab.tools.proxy.common import format_address  # noqa: PLC0415 - already imported by now
+    from socketlab.transports.binding import format_peer  # noqa: PLC0415 - already imported by now
 
-    client = format_address(event.client)
+    client = format_peer(event.client)
     where = f"{client} {event.direction.value}" if event.direction is not None else client
     text = f"{where} {event.kind}"
     if event.number:
@@ -270,10 +270,10 @@ UDP_COLUMNS = ("received", "forwarded", "dropped", "duplicated", "reordered", "d
 
 def format_summary(stats: dict[str, Any]) -> str:
     """What the proxy did, for people: one table for UDP, two lines for TCP."""
-    from socketlab.tools.proxy.common import format_address  # noqa: PLC0415 - already imported by now
+    from socketlab.transports.binding import format_peer  # noqa: PLC0415 - already imported by now
 
-    listen = format_address((stats["listen"][0], stats["listen"][1]))
-    target = format_address((stats["target"][0], stats["target"][1]))
+    listen = format_peer((stats["listen"][0], stats["listen"][1]))
+    target = format_peer((stats["target"][0], stats["target"][1]))
     head = _("{proto} proxy {listen} -> {target}, seed {seed}").format(
         proto=stats["proto"], listen=listen, target=target, seed=stats["seed"]
     )

@@ -44,6 +44,7 @@ from socketlab.config import (
 )
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
+from socketlab.transports.binding import format_address
 
 MODELS = ("asyncio", "iterative", "threads", "selectors")
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -429,9 +430,10 @@ def _lecture_port(proto: str, service: str, host: str | None) -> int:
 
 def print_listening(proto: str, service: str, host: str, port: int) -> None:
     """The line that announces a listener: part of the interface (see tests/helpers.py LISTENING)."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     print(
-        _("{proto} {service} listening on {address}").format(proto=proto, service=service, address=address),
+        _("{proto} {service} listening on {address}").format(
+            proto=proto, service=service, address=format_address(host, port)
+        ),
         flush=True,
     )
 

@@ -37,7 +37,8 @@ from socketlab.core.session import StreamSession
 from socketlab.core.text import to_display
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
-from socketlab.tracing import Tracer, format_address, open_socket
+from socketlab.tracing import Tracer, open_socket
+from socketlab.transports.binding import format_peer
 
 __all__ = ["MODELS", "BlockingServer", "Client", "Endpoint", "run_blocking_server"]
 
@@ -160,7 +161,7 @@ class BlockingServer:
                 conn.close()
                 return None
             self._connections.add(conn)
-        client = Client(conn, format_address(address), endpoint)
+        client = Client(conn, format_peer(address), endpoint)
         logger.info(_("%(listener)s: %(peer)s connected"), {"listener": endpoint.label, "peer": client.peer})
         return client
 
@@ -255,7 +256,7 @@ class BlockingServer:
             if self.config.verbose:
                 logger.info(
                     _("%(listener)s: %(peer)s >> %(line)r"),
-                    {"listener": endpoint.label, "peer": format_address(address), "line": to_display(data)},
+                    {"listener": endpoint.label, "peer": format_peer(address), "line": to_display(data)},
                 )
             answer = service.answer_datagram(data)
             if answer is None:
@@ -266,7 +267,7 @@ class BlockingServer:
                 # One client's unreachable address must not stop the service for everyone.
                 logger.warning(
                     _("%(listener)s: cannot answer %(peer)s: %(reason)s"),
-                    {"listener": endpoint.label, "peer": format_address(address), "reason": exc.strerror},
+                    {"listener": endpoint.label, "peer": format_peer(address), "reason": exc.strerror},
                 )
 
     def run_listener(self, target: Callable[..., None], *args: Any) -> None:
@@ -374,7 +375,7 @@ def _open_bound(
 
 
 def _bind_error(listener: Listener, host: str, port: int, exc: OSError) -> BindError:
-    address = format_address((host, port))
+    address = format_peer((host, port))
     return BindError(
         _("cannot listen on {address} ({proto}): {reason}").format(
             address=address, proto=listener.proto, reason=exc.strerror or exc
@@ -490,7 +491,7 @@ def _serve_until_stopped(
             args: tuple[Any, ...] = (serve_listener, server, endpoint)
         else:
             args = (server.serve_datagrams, endpoint)
-        name = f"{endpoint.label} {format_address(endpoint.sock.getsockname())}"
+        name = f"{endpoint.label} {format_peer(endpoint.sock.getsockname())}"
         thread = threading.Thread(target=server.run_listener, args=args, name=name, daemon=True)
         listener_threads.append(thread)
     with _sigterm_raises():

@@ -24,6 +24,7 @@ from socketlab.tools.check.probe import (
     resolve,
     udp_port_unreachable,
 )
+from socketlab.transports.binding import format_peer
 
 # How long to listen for an ICMP "port unreachable" per address when choosing among several.
 UDP_PICK_WAIT = 0.1
@@ -212,11 +213,6 @@ def select_checks(proto: str, only: Iterable[str] = (), skip: Iterable[str] = ()
     return selected
 
 
-def _format_address(address: SockAddr) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
 def run_checks(
     proto: str,
     host: str,
@@ -250,7 +246,7 @@ def run_checks(
     if proto == "udp" and len(addresses) > 1:
         addresses = udp_addresses_listening_first(addresses, timeout)
     ctx = Context(proto, host, port, service, make_service(service), timeout, addresses)
-    report = Report(proto, host, port, service, timeout, _format_address(ctx.address))
+    report = Report(proto, host, port, service, timeout, format_peer(ctx.address))
     abandoned = ""
     for check in selected:
         ctx.current = check.id
@@ -281,7 +277,7 @@ def run_checks(
         # proves nothing about answering lines on an open connection.
         if result.status is not Status.FAIL and check.id != "half-close":
             ctx.answered = True
-        report.address = _format_address(ctx.address)
+        report.address = format_peer(ctx.address)
         if on_result is not None:
             on_result(result)
     return report

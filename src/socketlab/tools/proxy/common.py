@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from socketlab.errors import BindError, ConnectError
 from socketlab.i18n import _
 from socketlab.tools.proxy.faults import Direction
+from socketlab.transports.binding import format_peer
 
 Address = tuple[str, int]
 
@@ -40,11 +41,6 @@ def short_address(address: tuple[object, ...]) -> Address:
     return str(address[0]), int(str(address[1]))
 
 
-def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def resolve_target(host: str, port: int, kind: socket.SocketKind) -> tuple[int, Address]:
     """The family and address to forward to: the first that the resolver gives."""
     loop = asyncio.get_running_loop()
@@ -58,5 +54,5 @@ async def resolve_target(host: str, port: int, kind: socket.SocketKind) -> tuple
 
 
 def bind_error(host: str, port: int, exc: OSError) -> BindError:
-    where = format_address((host, port))
+    where = format_peer((host, port))
     return BindError(_("cannot listen on {where}: {error}").format(where=where, error=exc.strerror or exc))

@@ -24,11 +24,11 @@ from socketlab.tools.proxy.common import (
     EventCallback,
     ProxyEvent,
     bind_error,
-    format_address,
     resolve_target,
     short_address,
 )
 from socketlab.tools.proxy.faults import Direction, TcpFaults
+from socketlab.transports.binding import format_peer
 
 # Bytes waiting in one direction of one connection before the proxy stops reading from the sender;
 # with --delay this also caps throughput at MAX_PIPE_BYTES / delay, as a real path's window would.
@@ -490,7 +490,7 @@ class TcpProxy:
         }
 
     def __repr__(self) -> str:
-        return f"TcpProxy({format_address(self.address)} -> {format_address(self.target)})"
+        return f"TcpProxy({format_peer(self.address)} -> {format_peer(self.target)})"
 
 
 @asynccontextmanager
