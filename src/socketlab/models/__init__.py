@@ -38,7 +38,7 @@ from socketlab.core.text import to_display
 from socketlab.errors import BindError, ConfigError
 from socketlab.i18n import _
 from socketlab.tracing import Tracer, open_socket
-from socketlab.transports.binding import format_peer
+from socketlab.transports.binding import describe_bind_error, format_address, format_peer
 
 __all__ = ["MODELS", "BlockingServer", "Client", "Endpoint", "run_blocking_server"]
 
@@ -374,15 +374,6 @@ def _open_bound(
     return sock
 
 
-def _bind_error(listener: Listener, host: str, port: int, exc: OSError) -> BindError:
-    address = format_peer((host, port))
-    return BindError(
-        _("cannot listen on {address} ({proto}): {reason}").format(
-            address=address, proto=listener.proto, reason=exc.strerror or exc
-        )
-    )
-
-
 def bind_listener(listener: Listener, tracer: Tracer | None) -> list[socket.socket]:
     """The bound (and, for TCP, listening) sockets of one listener; BindError if it cannot be done."""
     if listener.proto not in ("tcp", "udp"):
@@ -406,7 +397,9 @@ def bind_listener(listener: Listener, tracer: Tracer | None) -> list[socket.sock
                         and attempt + 1 < PORT_PAIR_ATTEMPTS
                     ):
                         raise _PortTaken from exc
-                    raise _bind_error(listener, host, port, exc) from exc
+                    raise BindError(
+                        describe_bind_error(exc, listener.proto, format_address(host, port))
+                    ) from exc
                 bound.append(sock)
                 port = sock.getsockname()[1]
         except _PortTaken:
