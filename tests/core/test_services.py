@@ -123,3 +123,13 @@ def test_display_never_fails_and_keeps_valid_utf8(data: bytes) -> None:
 
 def test_display_of_latin1_answer() -> None:
     assert to_display(b"A\xc7\xc3O") == "AÇÃO"
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+def test_ascii_block_function_answers_as_answer_block(text: str) -> None:
+    # The session's fast path trusts this function with every ASCII chunk instead of answer_block.
+    block = text.encode()
+    for name in BUILTIN:
+        service = make_service(name)
+        if service.framed:
+            assert service.ascii_block_function()(block) == service.answer_block(block)

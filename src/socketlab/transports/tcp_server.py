@@ -227,8 +227,9 @@ class TcpListener:
             if deadline:
                 # Slowloris: bytes keep coming (so the idle timer never fires) but no line ends. A line
                 # is "pending since" the sweep that first saw it and no answer since.
-                if conn.answered:
-                    conn.answered = False
+                progress = conn.progress
+                if progress != conn.seen_progress:
+                    conn.seen_progress = progress
                     conn.partial = 0
                 if conn.pending:
                     conn.partial += 1
@@ -279,7 +280,6 @@ class TcpConnection(asyncio.Protocol):
         "_session",
         "_transport",
         "_write",
-        "answered",
         "close_reason",
         "draining",
         "host",
@@ -287,6 +287,7 @@ class TcpConnection(asyncio.Protocol):
         "peer",
         "quiet",
         "reading_paused",
+        "seen_progress",
         "stalled",
         "tls_pending",
         "turned_away",
@@ -301,7 +302,7 @@ class TcpConnection(asyncio.Protocol):
         self.close_reason: str | None = None  # set when we close on purpose, for the log
         self.draining = False  # True once we stopped answering: read and drop, then close
         self.reading_paused = False
-        self.answered = False  # a line was answered since the last sweep (for the line deadline)
+        self.seen_progress = 0  # the session's progress at the last sweep (for the line deadline)
         self.partial = 0  # sweeps that saw the same unfinished line
         self.stalled = 0  # sweeps with reading paused because the client does not read
         self.host: Any = None  # the address the admission counted, released when the client goes
@@ -334,7 +335,6 @@ class TcpConnection(asyncio.Protocol):
         answer = self._receive(data)
         if answer:
             self._write(answer)
-            self.answered = True  # a line ended: the line deadline starts over (see TcpListener._sweep)
             if self._session.closing:
                 self._refuse()
 
@@ -511,6 +511,11 @@ class TcpConnection(asyncio.Protocol):
     def pending(self) -> int:
         """Bytes of an incomplete line held for this client."""
         return self._session.pending
+
+    @property
+    def progress(self) -> int:
+        """Grows when lines that had to wait for more bytes are answered (see StreamSession.progress)."""
+        return self._session.progress
 
 
 class VerboseTcpConnection(TcpConnection):
