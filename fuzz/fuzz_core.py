@@ -2,7 +2,8 @@
 
 Every input is cut into a service, a line limit, a payload and split points; the properties are the
 ones the hypothesis tests state, searched for by coverage instead of by chance:
-- any split of the stream gives the same answers as one chunk (TCP sessions);
+- any split of the stream gives the same answers as one chunk (TCP sessions), also when the pieces
+  go through the fast-path contract of core/session.py as the asyncio transport does;
 - nothing raises but our own errors, for streams and for datagrams;
 - the answer to a datagram is never None for a service that answers, and upper keeps line counts.
 
@@ -25,10 +26,16 @@ with atheris.instrument_imports():
 SERVICES = ["upper", "ack", "echo", "discard"]
 
 
-def answers(service: str, max_line: int, chunks: list[bytes]) -> tuple[bytes, bool]:
+def answers(service: str, max_line: int, chunks: list[bytes], contract: bool = False) -> tuple[bytes, bool]:
     session = StreamSession(make_service(service), max_line)
-    out = b"".join(session.receive_data(chunk) for chunk in chunks)
+    out = b"".join(by_contract(session, c) if contract else session.receive_data(c) for c in chunks)
     return out + session.end_of_input(), session.closing
+
+
+def by_contract(session: StreamSession, chunk: bytes) -> bytes:
+    if chunk and len(chunk) <= session.fast_limit and chunk[-1] == 0x0A and chunk.isascii():
+        return session.answer_ascii(chunk)
+    return session.receive_data(chunk)
 
 
 def test_one_input(data: bytes) -> None:
@@ -43,6 +50,9 @@ def test_one_input(data: bytes) -> None:
     split = answers(service, max_line, pieces)
     if whole != split:
         raise AssertionError(f"{service}: one chunk {whole!r} but split {split!r}")
+    fast = answers(service, max_line, pieces, contract=True)
+    if fast != split:
+        raise AssertionError(f"{service}: fast path {fast!r} but receive_data {split!r}")
     answer = make_service(service).answer_datagram(payload)
     if service != "discard" and answer is None:
         raise AssertionError(f"{service} did not answer a datagram")

@@ -89,3 +89,34 @@ def test_atheris_fuzz_smoke_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done 20000 runs" in done.stderr
+
+
+def receive_by_contract(session: StreamSession, chunk: bytes) -> bytes:
+    """What a transport taking the fast path itself does (the contract in core/session.py)."""
+    if chunk and len(chunk) <= session.fast_limit and chunk[-1] == 0x0A and chunk.isascii():
+        return session.answer_ascii(chunk)
+    return session.receive_data(chunk)
+
+
+# Mostly ASCII lines, so that the fast path is taken often, with some bytes that keep it off.
+PIECES = [b"abc\n", b"x\r\n", b"\n", b"long line " * 5 + b"\n", b"\xc3\xa7\n", b"ab"]
+LINES = st.lists(st.sampled_from(PIECES))
+
+
+@given(LINES, st.lists(st.integers(0, 400), max_size=20), st.sampled_from(["upper", "ack", "echo"]))
+def test_the_fast_path_contract_gives_what_receive_data_gives(
+    lines: list[bytes], cuts: list[int], service: str
+) -> None:
+    data = b"".join(lines)
+    chunks = cut(data, cuts)
+    by_contract = StreamSession(make_service(service), max_line=32)
+    answers = b"".join(receive_by_contract(by_contract, c) for c in chunks)
+    answers += by_contract.end_of_input()
+    assert (answers, by_contract.closing) == run(service, chunks, max_line=32)
+
+
+def test_a_stopped_session_answers_nothing_either_way() -> None:
+    session = StreamSession(make_service("upper"))
+    session.stop()
+    assert receive_by_contract(session, b"abc\n") == b""
+    assert session.end_of_input() == b""

@@ -3,6 +3,17 @@
 Every stream transport (asyncio, the teaching models) drives one `StreamSession` per connection:
 `receive_data()` with what arrived, send what it returns; `end_of_input()` when the client half-closes
 or leaves; close when `closing` becomes true.
+
+The fast path. Most chunks a server reads are a few whole ASCII lines with nothing held over, and for
+those the answer is one C call (`bytes.upper` for upper). A transport whose per-chunk cost matters may
+answer such a chunk itself, without calling `receive_data`, under this contract (for a non-empty chunk):
+
+    if len(chunk) <= session.fast_limit and chunk[-1] == 0x0A and chunk.isascii():
+        answer = session.answer_ascii(chunk)   # exactly what receive_data(chunk) would return
+
+`fast_limit` is -1 whenever that does not hold (bytes held over, closing, an unframed service), and
+such a chunk leaves the session unchanged, so the two ways can be mixed freely. It saves one Python
+call per chunk, about a twentieth of a server's time at 64-byte lines (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,14 +29,15 @@ class StreamSession:
         self.service = service
         self.max_line = max_line
         self._framer = LineFramer(max_line)
-        # Bound once: the fast path below reads these for every chunk.
         self._answer_block = service.answer_block
-        self._answer_ascii = service.ascii_block_function()
+        self.answer_ascii = service.ascii_block_function()
+        """Answers a chunk that passes the fast-path test (see the module doc)."""
         self._held = self._framer.held
         # A chunk no longer than one line of max_line bytes and its LF cannot hold a line over the
-        # limit, so such a chunk needs no line scan. -1 keeps every chunk off the fast path: an
-        # unframed service, or a session that is closing (one comparison tests all three).
+        # limit, so such a chunk needs no line scan.
         self._fast_limit = max_line + 1 if service.framed else -1
+        self.fast_limit = self._fast_limit
+        """Longest chunk the fast path may take now; -1 while it may take none (see the module doc)."""
         self.closing = False
         """True once the client broke a rule: send what was returned, then close."""
         self.progress = 0
@@ -40,13 +52,11 @@ class StreamSession:
 
     def receive_data(self, data: bytes) -> bytes:
         """Answers owed for `data`: possibly empty, never an exception for any input."""
-        # The common case first, as cheaply as Python allows (this runs once per chunk read, and
-        # each step here is a measurable share of a server's time): a chunk of whole lines, short
-        # enough to need no line scan, with nothing held over.
+        # The fast path first (see the module doc), here for any text, not only ASCII.
         try:
-            if len(data) <= self._fast_limit and data[-1] == 0x0A and not self._held:
+            if len(data) <= self.fast_limit and data[-1] == 0x0A:
                 if data.isascii():
-                    return self._answer_ascii(data)
+                    return self.answer_ascii(data)
                 return self._answer_block(data)
         except IndexError:  # data[-1] of an empty chunk; a try costs nothing until it raises
             return b""
@@ -66,13 +76,18 @@ class StreamSession:
                 self.progress += 1
         except LineTooLong as exc:
             return self._refuse(exc, answer)
+        self.fast_limit = -1 if self._held else self._fast_limit
         return answer
+
+    def stop(self) -> None:
+        """Answer nothing more: every chunk from now on is dropped (the server is shutting down)."""
+        self.closing = True
+        self.fast_limit = -1
 
     def _refuse(self, exc: LineTooLong, answered: bytes) -> bytes:
         # Lines before the long one are answered; nothing of the long line is.
         # The framer hands out every good line before it raises, so `answered` already holds them.
-        self.closing = True
-        self._fast_limit = -1
+        self.stop()
         self.error = exc
         self._framer.take_rest()
         return answered + ERR_LINE_TOO_LONG

@@ -105,11 +105,6 @@ class Admission:
         return out
 
 
-def _discard(data: bytes) -> bytes:
-    del data
-    return b""
-
-
 class TcpListener:
     """What all connections of one TCP listener share: service, limits, log, the live connections."""
 
@@ -275,6 +270,7 @@ class TcpConnection(asyncio.Protocol):
     """One client: bytes in -> `StreamSession` -> answer bytes out, in order."""
 
     __slots__ = (
+        "_answer_ascii",
         "_listener",
         "_receive",
         "_session",
@@ -297,6 +293,7 @@ class TcpConnection(asyncio.Protocol):
         self._listener = listener
         self._session = StreamSession(listener.service, listener.limits.max_line)
         self._receive: Callable[[bytes], bytes] = self._session.receive_data
+        self._answer_ascii = self._session.answer_ascii
         self.quiet = 0  # idle sweeps since the client last showed life
         self.peer = "?"
         self.close_reason: str | None = None  # set when we close on purpose, for the log
@@ -332,6 +329,11 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.quiet = 0
+        # The session's fast path, taken here to save a Python call per chunk (see core/session.py);
+        # asyncio never hands over an empty chunk, so data[-1] is safe.
+        if len(data) <= self._session.fast_limit and data[-1] == 0x0A and data.isascii():
+            self._write(self._answer_ascii(data))
+            return
         answer = self._receive(data)
         if answer:
             self._write(answer)
@@ -382,7 +384,7 @@ class TcpConnection(asyncio.Protocol):
     def _linger(self) -> None:
         """Stop answering: send what is owed, then our FIN, and read and drop until the client goes."""
         self.draining = True
-        self._receive = _discard
+        self._session.stop()
         t = self._transport
         if self.reading_paused:
             self.reading_paused = False
