@@ -126,10 +126,11 @@ def test_display_of_latin1_answer() -> None:
 
 
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
-def test_ascii_block_function_answers_as_answer_block(text: str) -> None:
+def test_the_ascii_functions_answer_as_the_services_do(text: str) -> None:
     # The session's fast path trusts this function with every ASCII chunk instead of answer_block.
     block = text.encode()
     for name in BUILTIN:
         service = make_service(name)
         if service.framed:
             assert service.ascii_block_function()(block) == service.answer_block(block)
+        assert service.ascii_datagram_function()(block) == service.answer_datagram(block)

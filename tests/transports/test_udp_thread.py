@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -114,3 +115,41 @@ def test_close_wakes_a_thread_bound_to_every_interface(family: int, host: str) -
     assert _udp_threads() == []
     assert sock.fileno() == -1
     assert endpoint.send_drops == 0
+
+
+SAMPLES = [b"x", b"abc", b"abc\n", b"line\r\n", b"", "ação".encode(), b"boom and more padding", b"\xff\xfe"]
+
+
+@pytest.mark.parametrize("spec", ["upper", "ack", "echo", "discard", "tests.cli.user_service:shout"])
+def test_the_fast_path_answers_what_the_endpoint_answers(spec: str) -> None:
+    # The thread's shortcut (FastPath) must never differ from UdpEndpoint.answer, amplification rule
+    # included: ack answers "x" with "ok", a byte more than it was sent.
+    endpoint = UdpEndpoint(make_service(spec), logging.getLogger("test.udp.fast"), f"udp {spec}", UdpGuard())
+    endpoint._time = time.monotonic  # as a transport or a thread would set it
+    fast = endpoint.fast_path()
+    assert fast is not None
+    source = ("127.0.0.1", 40000)
+    endpoint.answer(b"vet me", source)  # the first datagram vets the source
+    assert source[0] in fast.vetted
+    taken = 0
+    for data in SAMPLES:
+        expected = endpoint.answer(data, source)
+        if source[1] not in fast.bad_ports and data.isascii():
+            answer = fast.answer_ascii(data)
+            if answer is not None and len(answer) <= len(data):
+                taken += 1
+                assert answer == expected, data
+    assert taken > 0 or spec in ("discard", "tests.cli.user_service:shout")
+
+
+@pytest.mark.timeout(20)
+def test_a_vetted_source_still_gets_no_answer_larger_than_its_request() -> None:
+    config = ServerConfig(listeners=(Listener("udp", "ack", "127.0.0.1", 0),))  # served by a thread
+    with server_thread(config) as running, _client() as client:
+        address = ("127.0.0.1", running.listeners[0].port)
+        client.sendto(b"first\n", address)
+        assert client.recvfrom(100)[0] == b"ok\n"  # the source is vetted now
+        client.sendto(b"x", address)  # "ok" would be a byte larger than "x"
+        client.sendto(b"last\n", address)
+        assert client.recvfrom(100)[0] == b"ok\n"  # the answer to "x" would have come first
+        assert running.stats()["udp"]["udp ack"]["amplification"] == 1

@@ -56,6 +56,14 @@ class Service(ABC):
     def answer_datagram(self, data: bytes) -> bytes | None:
         """Answer one datagram with one datagram, or None for no answer."""
 
+    def ascii_datagram_function(self) -> Callable[[bytes], bytes | None]:
+        """A callable that answers an ASCII datagram exactly as `answer_datagram` does.
+
+        The UDP transports call it for every ASCII datagram; as with `ascii_block_function`, a
+        service with a C function for that case returns it.
+        """
+        return self.answer_datagram
+
 
 class Upper(Service):
     name = "upper"
@@ -65,6 +73,9 @@ class Upper(Service):
 
     def ascii_block_function(self) -> Callable[[bytes], bytes]:
         return bytes.upper  # what upper_bytes does with ASCII, without its Python call
+
+    def ascii_datagram_function(self) -> Callable[[bytes], bytes | None]:
+        return bytes.upper
 
     def answer_datagram(self, data: bytes) -> bytes | None:
         # Nothing added: the Java UDPClient sends no newline and must get none back.
