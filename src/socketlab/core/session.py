@@ -12,8 +12,10 @@ answer such a chunk itself, without calling `receive_data`, under this contract 
         answer = session.answer_ascii(chunk)   # exactly what receive_data(chunk) would return
 
 `fast_limit` is -1 whenever that does not hold (bytes held over, closing, an unframed service), and
-such a chunk leaves the session unchanged, so the two ways can be mixed freely. It saves one Python
-call per chunk, about a twentieth of a server's time at 64-byte lines (docs/performance.md).
+such a chunk leaves the session unchanged, so the two ways can be mixed freely. `fast_limit` changes
+only inside `receive_data` and `stop`: a transport may keep a copy and take it again after each. The
+fast path saves a Python call per chunk, about a twentieth of a server's time at 64-byte lines
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class StreamSession:
         return answer
 
     def stop(self) -> None:
-        """Answer nothing more: every chunk from now on is dropped (the server is shutting down)."""
+        """Answer nothing more: every chunk from now on is dropped (shutting down, client turned away)."""
         self.closing = True
         self.fast_limit = -1
 

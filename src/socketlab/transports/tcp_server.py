@@ -271,6 +271,7 @@ class TcpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_answer_ascii",
+        "_fast_limit",
         "_listener",
         "_receive",
         "_session",
@@ -294,6 +295,10 @@ class TcpConnection(asyncio.Protocol):
         self._session = StreamSession(listener.service, listener.limits.max_line)
         self._receive: Callable[[bytes], bytes] = self._session.receive_data
         self._answer_ascii = self._session.answer_ascii
+        # A copy, so the per-chunk test below touches this object only (one object less in the CPU's
+        # cache per chunk); the session changes it only in receive_data and stop, and it is copied
+        # again after each.
+        self._fast_limit = self._session.fast_limit
         self.quiet = 0  # idle sweeps since the client last showed life
         self.peer = "?"
         self.close_reason: str | None = None  # set when we close on purpose, for the log
@@ -331,10 +336,11 @@ class TcpConnection(asyncio.Protocol):
         self.quiet = 0
         # The session's fast path, taken here to save a Python call per chunk (see core/session.py);
         # asyncio never hands over an empty chunk, so data[-1] is safe.
-        if len(data) <= self._session.fast_limit and data[-1] == 0x0A and data.isascii():
-            self._write(self._answer_ascii(data))
+        if len(data) <= self._fast_limit and data[-1] == 0x0A and data.isascii():
+            self._transport.write(self._answer_ascii(data))
             return
         answer = self._receive(data)
+        self._fast_limit = self._session.fast_limit
         if answer:
             self._write(answer)
             if self._session.closing:
@@ -385,6 +391,7 @@ class TcpConnection(asyncio.Protocol):
         """Stop answering: send what is owed, then our FIN, and read and drop until the client goes."""
         self.draining = True
         self._session.stop()
+        self._fast_limit = -1
         t = self._transport
         if self.reading_paused:
             self.reading_paused = False
