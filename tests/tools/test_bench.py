@@ -472,3 +472,10 @@ def test_scenario_lists() -> None:
     assert compare.parse_list("tcp16, bulk", compare.SCENARIOS) == ("tcp16", "bulk")
     with pytest.raises(ConfigError, match="tcp17"):
         compare.parse_list("tcp17", compare.SCENARIOS)
+
+
+def test_the_reproduce_command_leaves_out_where_results_go() -> None:
+    from socketlab.cli.bench import reproducible_args  # noqa: PLC0415 - the CLI layer, only here
+
+    argv = ["bench", "compare", "--rounds", "5", "--json", "/tmp/x.json", "--output=-", "--chart", "c.png"]
+    assert reproducible_args(argv) == ["bench", "compare", "--rounds", "5"]

@@ -306,6 +306,24 @@ def format_result(r: BenchResult) -> str:
     return "\n".join(lines)
 
 
+# Where the results go, not what is measured: left out of the command a report gives for reproducing it.
+OUTPUT_OPTIONS = ("--json", "--output", "--chart")
+
+
+def reproducible_args(argv: list[str]) -> list[str]:
+    """`argv` without the output options (and their values), for the report's "reproduce" command."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in OUTPUT_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in OUTPUT_OPTIONS)):
+            kept.append(arg)
+    return kept
+
+
 def handle_compare(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
@@ -331,7 +349,7 @@ def handle_compare(args: argparse.Namespace) -> int:
             generator=args.generator,
             cbench=args.cbench,
             pin=not args.no_pin,
-            command="socketlab " + shlex.join(sys.argv[1:]),
+            command="socketlab " + shlex.join(reproducible_args(sys.argv[1:])),
         )
         report = compare.run_compare(options, log)
     except ConfigError as exc:
