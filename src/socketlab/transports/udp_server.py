@@ -12,8 +12,9 @@ and exempt from the rate limit (loopback by default), costs one set lookup and o
 
 Each socket is served either by the event loop (`UdpEndpoint` as an asyncio DatagramProtocol) or by
 a thread of its own (`UdpThread`: blocking recvfrom, the same endpoint, sendto). The thread is the
-faster of the two, a third more datagrams a second on one core (see docs/performance.md): both calls
-release the GIL and there is no loop round, callback or transport between the kernel and the service.
+faster of the two (see docs/performance.md): both calls release the GIL, there is no loop round,
+callback or transport between the kernel and the service, and it answers the common datagram itself
+(`FastPath`).
 """
 
 from __future__ import annotations
