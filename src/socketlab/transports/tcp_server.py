@@ -4,9 +4,10 @@ Thin on purpose: it moves bytes between the socket and the session and handles t
 (backpressure, idle timeout, closing without losing answers). What to answer is the core's business.
 
 The per-chunk path (`TcpConnection.data_received`) is measured against a C epoll server, so it does
-the least it can: hand the bytes to the session, write what comes back. No timers are touched there
-(the idle timeout is a periodic sweep per listener, see `TcpListener`), nothing is logged unless -v
-chose the verbose class, and nothing is allocated beyond the answer itself.
+the least it can: answer a chunk of whole ASCII lines itself under the session's fast-path contract
+(core/session.py), hand any other chunk to the session, write what comes back. No timers are touched
+there (the idle timeout is a periodic sweep per listener, see `TcpListener`), nothing is logged unless
+-v chose the verbose class, and nothing is allocated beyond the answer itself.
 
 Hardening (issue 6) lives outside that path: who may connect and how many is decided once, in
 `connection_made` (`Admission`); the line deadline and the send timeout are checked by the same
