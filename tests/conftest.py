@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Several tests press Ctrl-C on a subprocess (SIGINT), as a user would at a terminal. A shell starts a
+# background job (`bash .ci/run &`, some CI runners) with SIGINT ignored, every process it starts
+# inherits that, and a Python started that way honours it: no KeyboardInterrupt, and those tests hang.
+# A handler of our own here is reset to the default in each subprocess, as at a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def has_ipv6() -> bool:
