@@ -49,7 +49,7 @@ class FastPath(NamedTuple):
     tests cheaper (docs/performance.md).
     """
 
-    vetted: set[str]
+    vetted: set[str]  # the endpoint's own set, live: `answer` adds to it and clears it in place
     bad_ports: frozenset[int]
     answer_ascii: Callable[[bytes], bytes | None]
 
