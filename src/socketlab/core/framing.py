@@ -49,8 +49,6 @@ class LineFramer:
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self.max_line = max_line
         self._buf = bytearray()
-        self.held = self._buf
-        """The bytes held, not yet part of a complete line: read it, never change it."""
         self._scanned = 0  # no LF in _buf[:_scanned]
 
     def receive_data(self, data: bytes) -> None:

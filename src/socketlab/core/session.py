@@ -34,7 +34,6 @@ class StreamSession:
         self._answer_block = service.answer_block
         self.answer_ascii = service.ascii_block_function()
         """Answers a chunk that passes the fast-path test (see the module doc)."""
-        self._held = self._framer.held
         # A chunk no longer than one line of max_line bytes and its LF cannot hold a line over the
         # limit, so such a chunk needs no line scan.
         self._fast_limit = max_line + 1 if service.framed else -1
@@ -78,7 +77,7 @@ class StreamSession:
                 self.progress += 1
         except LineTooLong as exc:
             return self._refuse(exc, answer)
-        self.fast_limit = -1 if self._held else self._fast_limit
+        self.fast_limit = -1 if framer.pending else self._fast_limit
         return answer
 
     def stop(self) -> None:
