@@ -274,10 +274,8 @@ class TcpConnection(asyncio.Protocol):
         "_answer_ascii",
         "_fast_limit",
         "_listener",
-        "_receive",
         "_session",
         "_transport",
-        "_write",
         "close_reason",
         "draining",
         "host",
@@ -294,7 +292,6 @@ class TcpConnection(asyncio.Protocol):
     def __init__(self, listener: TcpListener) -> None:
         self._listener = listener
         self._session = StreamSession(listener.service, listener.limits.max_line)
-        self._receive: Callable[[bytes], bytes] = self._session.receive_data
         self._answer_ascii = self._session.answer_ascii
         # A copy, so the per-chunk test below touches this object only (one object less in the CPU's
         # cache per chunk); the session changes it only in receive_data and stop, and it is copied
@@ -318,7 +315,6 @@ class TcpConnection(asyncio.Protocol):
             self._tls_ready(t)
             return
         self._transport = t
-        self._write = t.write
         # Both marks explicitly: uvloop's default low mark differs from asyncio's (see config).
         limits = self._listener.limits
         t.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
@@ -340,10 +336,10 @@ class TcpConnection(asyncio.Protocol):
         if len(data) <= self._fast_limit and data[-1] == 0x0A and data.isascii():
             self._transport.write(self._answer_ascii(data))
             return
-        answer = self._receive(data)
+        answer = self._session.receive_data(data)
         self._fast_limit = self._session.fast_limit
         if answer:
-            self._write(answer)
+            self._transport.write(answer)
             if self._session.closing:
                 self._refuse()
 
@@ -353,7 +349,7 @@ class TcpConnection(asyncio.Protocol):
         if not self.draining:
             answer = self._session.end_of_input()
             if answer:
-                self._write(answer)
+                self._transport.write(answer)
         self._transport.close()
         return None
 
@@ -451,7 +447,6 @@ class TcpConnection(asyncio.Protocol):
     def _tls_ready(self, tls: asyncio.Transport) -> None:
         self.tls_pending = False
         self._transport = tls
-        self._write = tls.write
         limits = self._listener.limits
         tls.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
 
@@ -487,21 +482,20 @@ class TcpConnection(asyncio.Protocol):
             asyncio.get_running_loop().call_later(LINGER, self.abort)
 
     def idle_out(self, timeout: float) -> None:
+        self._time_out(_("idle for {seconds:g} s").format(seconds=timeout))
+
+    def deadline_out(self, deadline: float) -> None:
+        """A line has been arriving for longer than the line deadline (slowloris)."""
+        self._time_out(_("line not finished within {seconds:g} s").format(seconds=deadline))
+
+    def _time_out(self, reason: str) -> None:
+        """Close, answers owed first; drop at once if a close is already under way."""
         t = self._transport
         if t.is_closing():
             # Already closing but still here after a whole timeout: the client reads nothing.
             t.abort()
             return
-        self.close_reason = _("idle for {seconds:g} s").format(seconds=timeout)
-        t.close()
-
-    def deadline_out(self, deadline: float) -> None:
-        """A line has been arriving for longer than the line deadline (slowloris)."""
-        t = self._transport
-        if t.is_closing():
-            t.abort()
-            return
-        self.close_reason = _("line not finished within {seconds:g} s").format(seconds=deadline)
+        self.close_reason = reason
         t.close()
 
     def send_out(self, timeout: float) -> None:
