@@ -7,7 +7,8 @@ The per-chunk path (`TcpConnection.data_received`) is measured against a C epoll
 the least it can: answer a chunk of whole ASCII lines itself under the session's fast-path contract
 (core/session.py), hand any other chunk to the session, write what comes back. No timers are touched
 there (the idle timeout is a periodic sweep per listener, see `TcpListener`), nothing is logged unless
--v chose the verbose class, and nothing is allocated beyond the answer itself.
+-v chose the verbose class, and nothing is allocated beyond the answer itself. It lives in
+chunk_path.py, which the build compiles with mypyc when it can (`CHUNK_PATH` says which one runs).
 
 Hardening (issue 6) lives outside that path: who may connect and how many is decided once, in
 `connection_made` (`Admission`); the line deadline and the send timeout are checked by the same
@@ -18,9 +19,13 @@ closed before any byte of it is read, handshake included.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib
 import logging
+import os
 from collections.abc import Callable
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from socketlab.config import Limits
 from socketlab.core.framing import LineFramer
@@ -30,7 +35,36 @@ from socketlab.core.session import StreamSession
 from socketlab.core.text import to_display
 from socketlab.errors import LineTooLong
 from socketlab.i18n import _
+from socketlab.transports import chunk_path
 from socketlab.transports.binding import format_peer
+from socketlab.transports.chunk_path import ChunkPath
+
+
+def _load_chunk_path() -> tuple[type[ChunkPath], str]:
+    """The compiled copy of `ChunkPath` if the build made one from this very chunk_path.py, else the
+    Python class; and which one it is, in words (for bench compare's report and the tests).
+
+    The source check matters in a development install, where the copy sits in src/ and goes stale as
+    soon as chunk_path.py is edited; a stale copy would run code that is no longer in the repository.
+    """
+    if os.environ.get("SOCKETLAB_PURE_PYTHON"):
+        return ChunkPath, "Python (SOCKETLAB_PURE_PYTHON is set)"
+    try:
+        native = importlib.import_module("socketlab.transports._chunk_path_native")
+    except ImportError:
+        return ChunkPath, "Python (no compiled copy: the build had no C compiler or mypyc)"
+    source = Path(chunk_path.__file__).read_bytes()
+    if getattr(native, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
+        return ChunkPath, "Python (the compiled copy is older than chunk_path.py: reinstall socketlab)"
+    return cast("type[ChunkPath]", native.ChunkPath), "compiled with mypyc"
+
+
+_chunk_path_class, CHUNK_PATH = _load_chunk_path()
+"""Which per-chunk path TcpConnection runs: "compiled with mypyc", or "Python (why)"."""
+if TYPE_CHECKING:
+    ChunkPathBase = ChunkPath
+else:
+    ChunkPathBase = _chunk_path_class
 
 AdmitHook = Callable[[Any], bool]
 """Called with a new client's peer address; False refuses the connection (hardening hooks in here)."""
@@ -267,35 +301,33 @@ class TcpListener:
         return len(conns)
 
 
-class TcpConnection(asyncio.Protocol):
-    """One client: bytes in -> `StreamSession` -> answer bytes out, in order."""
+class TcpConnection(ChunkPathBase, asyncio.Protocol):
+    """One client: bytes in -> `StreamSession` -> answer bytes out, in order.
+
+    `data_received`, the per-chunk path, is `ChunkPath`'s (chunk_path.py), compiled when the build could.
+    """
 
     __slots__ = (
-        "_answer_ascii",
-        "_fast_limit",
         "_listener",
-        "_session",
-        "_transport",
         "close_reason",
         "draining",
         "host",
         "partial",
         "peer",
-        "quiet",
         "reading_paused",
         "seen_progress",
         "stalled",
         "tls_pending",
         "turned_away",
     )
+    # What ChunkPath declares as Any (it is compiled alone), typed for the code of this class.
+    _session: StreamSession
+    _transport: asyncio.Transport
 
     def __init__(self, listener: TcpListener) -> None:
         self._listener = listener
         self._session = StreamSession(listener.service, listener.limits.max_line)
         self._answer_ascii = self._session.answer_ascii
-        # A copy, so the per-chunk test below touches this object only (one object less in the CPU's
-        # cache per chunk); the session changes it only in receive_data and stop, and it is copied
-        # again after each.
         self._fast_limit = self._session.fast_limit
         self.quiet = 0  # idle sweeps since the client last showed life
         self.peer = "?"
@@ -328,20 +360,6 @@ class TcpConnection(asyncio.Protocol):
             self._turn_away()
         elif listener.tls is not None:
             self._start_tls(t, listener.tls)
-
-    def data_received(self, data: bytes) -> None:
-        self.quiet = 0
-        # The session's fast path, taken here to save a Python call per chunk (see core/session.py);
-        # asyncio never hands over an empty chunk, so data[-1] is safe.
-        if len(data) <= self._fast_limit and data[-1] == 0x0A and data.isascii():
-            self._transport.write(self._answer_ascii(data))
-            return
-        answer = self._session.receive_data(data)
-        self._fast_limit = self._session.fast_limit
-        if answer:
-            self._transport.write(answer)
-            if self._session.closing:
-                self._refuse()
 
     def eof_received(self) -> bool | None:
         # Half-close: the client has said all it will say but may still be reading. Its last,
