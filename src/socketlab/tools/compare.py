@@ -150,6 +150,7 @@ class CompareReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     extras: dict[str, float] = field(default_factory=dict)  # e.g. interpreter start-up floor
     revision: str = ""  # the socketlab commit measured, when it runs from a git checkout
+    chunk_path: str = ""  # which TCP per-chunk path socketlab ran (tcp_server.CHUNK_PATH)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +164,7 @@ class CompareReport:
             "skipped": self.skipped,
             "extras": self.extras,
             "revision": self.revision,
+            "chunk_path": self.chunk_path,
         }
 
 
@@ -326,6 +328,7 @@ def render_markdown(report: CompareReport, chart: str | None = None) -> str:
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('system')} {m.get('kernel')}, "
         f"{m.get('python')}.",
         *([f"- socketlab: {report.revision}."] if report.revision else []),
+        *([f"- socketlab's TCP per-chunk path: {report.chunk_path}."] if report.chunk_path else []),
         f"- Load generator: {gen}; {pin}.",
         f"- Medians of {o.rounds} round(s); each load run {o.duration:g} s measured after {o.warmup:g} s "
         "warm-up. Ratios are to `cserver` measured in the same round, then the median of those ratios.",
@@ -966,6 +969,13 @@ def _raise_fd_limit(wanted: int) -> int:
         return wanted
 
 
+def chunk_path_in_use() -> str:
+    """tcp_server.CHUNK_PATH, as the servers started here will have it (they run this same install)."""
+    from socketlab.transports.tcp_server import CHUNK_PATH  # noqa: PLC0415 - only compare needs it
+
+    return CHUNK_PATH
+
+
 def git_revision() -> str:
     """The commit of the code being measured, and whether src/ differs from it; "" outside git."""
     git = shutil.which("git")
@@ -1024,6 +1034,7 @@ def run_compare(options: CompareOptions, log: Log) -> CompareReport:
             labels={d.name: d.label for d in defs},
             skipped=skipped,
             revision=git_revision(),
+            chunk_path=chunk_path_in_use(),
         )
         with contextlib.suppress(OSError, AttributeError):  # not every system has a load average
             report.extras["load average (1 min) when the run started"] = os.getloadavg()[0]
