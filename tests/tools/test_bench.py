@@ -6,6 +6,7 @@ upper service), the others answer wrongly on purpose, and the bench must tell th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -467,6 +469,57 @@ def test_compare_smoke_run_with_baselines(tmp_path: Path) -> None:
         assert by_server[name].errors == 0
     compare.write_markdown(report, str(tmp_path / "perf.md"), None)
     assert "plain asyncio streams" in (tmp_path / "perf.md").read_text()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to see the servers started")
+def test_sigterm_stops_a_comparison_and_the_servers_it_started() -> None:
+    argv = [
+        "bench",
+        "compare",
+        "--rounds",
+        "1",
+        "--duration",
+        "20",
+        "--warmup",
+        "0.1",
+        "--scenarios",
+        "tcp16",
+    ]
+    argv += ["--servers", "asyncio-streams", "--generator", "socketlab", "--no-pin", "--output", "-"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "socketlab", *argv, "--chart", "-"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        while not started and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            started = _children(proc.pid)  # a server (the C one, or the baseline) is up
+        assert started, "no server was started"
+        time.sleep(0.5)
+        started |= _children(proc.pid)
+        proc.terminate()
+        assert proc.wait(30) == 130
+        for pid in started:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def test_scenario_lists() -> None:

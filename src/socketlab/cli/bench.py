@@ -7,9 +7,12 @@ the comparison socketlab.tools.compare, both imported inside the handlers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from socketlab.cli.argtypes import at_least, duration, size
@@ -18,6 +21,25 @@ from socketlab.transports.binding import format_address
 
 if TYPE_CHECKING:
     from socketlab.tools.bench import BenchResult, Progress
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does, so the servers and client processes it started are stopped too
+    (the default SIGTERM would end this process at once and leave them running)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test calling main()): signals are not ours to take
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -190,7 +212,8 @@ def handle_bench(args: argparse.Namespace) -> int:
     )
     show = args.progress or sys.stderr.isatty()
     try:
-        result = run_bench(spec, progress=_ProgressLine() if show else None)
+        with sigterm_interrupts():
+            result = run_bench(spec, progress=_ProgressLine() if show else None)
     except ConfigError as exc:
         _clear_progress(show)
         print(_("socketlab bench: {error}").format(error=exc), file=sys.stderr)
@@ -351,7 +374,8 @@ def handle_compare(args: argparse.Namespace) -> int:
             pin=not args.no_pin,
             command="socketlab " + shlex.join(reproducible_args(sys.argv[1:])),
         )
-        report = compare.run_compare(options, log)
+        with sigterm_interrupts():
+            report = compare.run_compare(options, log)
     except ConfigError as exc:
         print(_("socketlab bench compare: {error}").format(error=exc), file=sys.stderr)
         return EXIT_USAGE
