@@ -1,5 +1,5 @@
 """Build hook: compile the gettext catalogs (locale/<lang>.po) into the package as .mo files, and the
-TCP server's per-chunk path (src/socketlab/transports/chunk_path.py) with mypyc when it can.
+servers' hot paths (src/socketlab/transports/chunk_path.py and datagram_path.py) with mypyc when it can.
 
 The .mo writer is here, in a few lines, so the catalogs need nothing beyond hatchling: the format is GNU
 gettext's (magic, revision, counts, two tables of (length, offset), then the strings).
@@ -29,8 +29,9 @@ ROOT = Path(__file__).parent
 PO_DIR = ROOT / "locale"
 OUT_DIR = ROOT / "src" / "socketlab" / "locale"
 TRANSPORTS = ROOT / "src" / "socketlab" / "transports"
-# The compiled copy's module name; tcp_server imports it if its SOURCE_SHA256 matches chunk_path.py.
-NATIVE = "_chunk_path_native"
+# The modules of transports/ compiled, each into `_<name>_native`, stamped with SOURCE_SHA256 of its
+# source; transports/compiled.py (which has the same list) loads a copy only if the stamp matches.
+HOT_PATHS = ("chunk_path", "datagram_path")
 
 
 def parse_po(text: str) -> dict[str, str]:
@@ -108,49 +109,57 @@ def say(message: str) -> None:
     print(f"socketlab build: {message}", file=sys.stderr)
 
 
-def compile_chunk_path() -> list[Path]:
-    """Compile chunk_path.py with mypyc into src/socketlab/transports as `NATIVE` (a module and its
-    runtime library); the files written, or [] with the reason printed when it cannot."""
-    for old in TRANSPORTS.glob(f"{NATIVE}*"):
-        old.unlink()  # never leave a copy of some other source behind
-    if os.environ.get("SOCKETLAB_PURE_PYTHON"):
-        say("SOCKETLAB_PURE_PYTHON is set: chunk_path.py stays Python")
-        return []
-    source = (TRANSPORTS / "chunk_path.py").read_bytes()
+def compile_hot_paths() -> list[Path]:
+    """Compile each of HOT_PATHS with mypyc into src/socketlab/transports; the files written, or none
+    for a module it cannot compile, with the reason printed."""
+    written = []
+    for name in HOT_PATHS:
+        for old in TRANSPORTS.glob(f"_{name}_native*"):
+            old.unlink()  # never leave a copy of some other source behind
+        if os.environ.get("SOCKETLAB_PURE_PYTHON"):
+            say(f"SOCKETLAB_PURE_PYTHON is set: {name}.py stays Python")
+            continue
+        written += compile_one(name)
+    return written
+
+
+def compile_one(name: str) -> list[Path]:
+    native = f"_{name}_native"
+    source = (TRANSPORTS / f"{name}.py").read_bytes()
     stamp = f'\n\nSOURCE_SHA256 = "{hashlib.sha256(source).hexdigest()}"\n'.encode()
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     with tempfile.TemporaryDirectory() as tmp:
         # The module must be compiled under its full name, so it gets a package around it; alone,
-        # because chunk_path.py imports nothing from socketlab.
+        # because it imports nothing from socketlab.
         package = Path(tmp, "socketlab", "transports")
         package.mkdir(parents=True)
         Path(tmp, "socketlab", "__init__.py").write_text("")
         (package / "__init__.py").write_text("")
-        (package / f"{NATIVE}.py").write_bytes(source + stamp)
-        command = [sys.executable, "-m", "mypyc", f"socketlab/transports/{NATIVE}.py"]
+        (package / f"{native}.py").write_bytes(source + stamp)
+        command = [sys.executable, "-m", "mypyc", f"socketlab/transports/{native}.py"]
         try:
-            done = subprocess.run(command, cwd=tmp, check=False, capture_output=True, text=True, timeout=600)
+            done = subprocess.run(command, check=False, cwd=tmp, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as exc:
-            say(f"could not run mypyc ({exc}): chunk_path.py stays Python")
+            say(f"could not run mypyc ({exc}): {name}.py stays Python")
             return []
-        built = sorted(package.glob(f"{NATIVE}*{suffix}"))
+        built = sorted(package.glob(f"{native}*{suffix}"))
         if done.returncode != 0 or not built:
             why = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-            say("mypyc could not compile chunk_path.py, so it stays Python: " + " / ".join(why))
+            say(f"mypyc could not compile {name}.py, so it stays Python: " + " / ".join(why))
             return []
         written = []
         for path in built:
             target = TRANSPORTS / path.name
             shutil.copyfile(path, target)
             written.append(target)
-    say("chunk_path.py compiled with mypyc: " + ", ".join(p.name for p in written))
+    say(f"{name}.py compiled with mypyc: " + ", ".join(p.name for p in written))
     return written
 
 
 class CustomBuildHook(BuildHookInterface[Any]):
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         written = compile_all()
-        compiled = compile_chunk_path()
+        compiled = compile_hot_paths()
         if version == "editable":
             return  # the package is imported from src/, where the catalogs and the compiled copy now are
         # .mo and .so files are ignored by git; hatch leaves ignored files out unless told to include them.
@@ -163,5 +172,5 @@ class CustomBuildHook(BuildHookInterface[Any]):
 
 
 if __name__ == "__main__":
-    for p in compile_all() + compile_chunk_path():
+    for p in compile_all() + compile_hot_paths():
         print(p)

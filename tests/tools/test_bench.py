@@ -411,13 +411,13 @@ def test_targets_are_judged_on_socketlab() -> None:
 
 def test_markdown_report(tmp_path: Path) -> None:
     report = _fake_report(command="socketlab bench compare --rounds 2")
-    report.chunk_path = compare.chunk_path_in_use()
+    report.hot_paths = compare.hot_paths_in_use()
     text = compare.render_markdown(report, "img/performance.png")
     assert text.startswith(compare.BEGIN_MARK)
     assert text.rstrip().endswith(compare.END_MARK)
     assert "socketlab bench compare --rounds 2" in text
     assert "Test CPU" in text
-    assert f"- socketlab's TCP per-chunk path: {report.chunk_path}." in text
+    assert f"- socketlab's hot paths: {report.hot_paths}." in text
     assert "| socketlab (uvloop) | 125,000 | 0.85 |" in text
     assert "15/16 connected" in text
     assert "does not accept --workers" in text

@@ -150,7 +150,7 @@ class CompareReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     extras: dict[str, float] = field(default_factory=dict)  # e.g. interpreter start-up floor
     revision: str = ""  # the socketlab commit measured, when it runs from a git checkout
-    chunk_path: str = ""  # which TCP per-chunk path socketlab ran (tcp_server.CHUNK_PATH)
+    hot_paths: str = ""  # which copies of its hot paths socketlab ran (see transports/compiled.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,7 +164,7 @@ class CompareReport:
             "skipped": self.skipped,
             "extras": self.extras,
             "revision": self.revision,
-            "chunk_path": self.chunk_path,
+            "hot_paths": self.hot_paths,
         }
 
 
@@ -328,7 +328,7 @@ def render_markdown(report: CompareReport, chart: str | None = None) -> str:
         f"- Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('system')} {m.get('kernel')}, "
         f"{m.get('python')}.",
         *([f"- socketlab: {report.revision}."] if report.revision else []),
-        *([f"- socketlab's TCP per-chunk path: {report.chunk_path}."] if report.chunk_path else []),
+        *([f"- socketlab's hot paths: {report.hot_paths}."] if report.hot_paths else []),
         f"- Load generator: {gen}; {pin}.",
         f"- Medians of {o.rounds} round(s); each load run {o.duration:g} s measured after {o.warmup:g} s "
         "warm-up. Ratios are to `cserver` measured in the same round, then the median of those ratios.",
@@ -969,11 +969,12 @@ def _raise_fd_limit(wanted: int) -> int:
         return wanted
 
 
-def chunk_path_in_use() -> str:
-    """tcp_server.CHUNK_PATH, as the servers started here will have it (they run this same install)."""
-    from socketlab.transports.tcp_server import CHUNK_PATH  # noqa: PLC0415 - only compare needs it
+def hot_paths_in_use() -> str:
+    """Which copies of socketlab's hot paths the servers started here run (they use this same install)."""
+    from socketlab.transports.tcp_server import CHUNK_PATH  # noqa: PLC0415 - only compare needs them
+    from socketlab.transports.udp_server import DATAGRAM_PATH  # noqa: PLC0415
 
-    return CHUNK_PATH
+    return f"TCP per chunk {CHUNK_PATH}, UDP per datagram {DATAGRAM_PATH}"
 
 
 def git_revision() -> str:
@@ -1034,7 +1035,7 @@ def run_compare(options: CompareOptions, log: Log) -> CompareReport:
             labels={d.name: d.label for d in defs},
             skipped=skipped,
             revision=git_revision(),
-            chunk_path=chunk_path_in_use(),
+            hot_paths=hot_paths_in_use(),
         )
         with contextlib.suppress(OSError, AttributeError):  # not every system has a load average
             report.extras["load average (1 min) when the run started"] = os.getloadavg()[0]

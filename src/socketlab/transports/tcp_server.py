@@ -19,12 +19,8 @@ closed before any byte of it is read, handshake included.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from socketlab.config import Limits
@@ -35,36 +31,16 @@ from socketlab.core.session import StreamSession
 from socketlab.core.text import to_display
 from socketlab.errors import LineTooLong
 from socketlab.i18n import _
-from socketlab.transports import chunk_path
+from socketlab.transports import compiled
 from socketlab.transports.binding import format_peer
 from socketlab.transports.chunk_path import ChunkPath
 
-
-def _load_chunk_path() -> tuple[type[ChunkPath], str]:
-    """The compiled copy of `ChunkPath` if the build made one from this very chunk_path.py, else the
-    Python class; and which one it is, in words (for bench compare's report and the tests).
-
-    The source check matters in a development install, where the copy sits in src/ and goes stale as
-    soon as chunk_path.py is edited; a stale copy would run code that is no longer in the repository.
-    """
-    if os.environ.get("SOCKETLAB_PURE_PYTHON"):
-        return ChunkPath, "Python (SOCKETLAB_PURE_PYTHON is set)"
-    try:
-        native = importlib.import_module("socketlab.transports._chunk_path_native")
-    except ImportError:
-        return ChunkPath, "Python (no compiled copy: the build had no C compiler or mypyc)"
-    source = Path(chunk_path.__file__).read_bytes()
-    if getattr(native, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
-        return ChunkPath, "Python (the compiled copy is older than chunk_path.py: reinstall socketlab)"
-    return cast("type[ChunkPath]", native.ChunkPath), "compiled with mypyc"
-
-
-_chunk_path_class, CHUNK_PATH = _load_chunk_path()
+_chunk_module, CHUNK_PATH = compiled.load("chunk_path")
 """Which per-chunk path TcpConnection runs: "compiled with mypyc", or "Python (why)"."""
 if TYPE_CHECKING:
     ChunkPathBase = ChunkPath
 else:
-    ChunkPathBase = _chunk_path_class
+    ChunkPathBase = _chunk_module.ChunkPath
 
 AdmitHook = Callable[[Any], bool]
 """Called with a new client's peer address; False refuses the connection (hardening hooks in here)."""

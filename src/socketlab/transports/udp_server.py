@@ -20,7 +20,6 @@ callback or transport between the kernel and the service, and it answers the com
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import threading
@@ -33,7 +32,12 @@ from socketlab.core.guards import PRIVILEGED_PORT_LIMIT, REFLECTION_PORTS, UdpGu
 from socketlab.core.services import Service
 from socketlab.core.text import to_display
 from socketlab.i18n import _
+from socketlab.transports import compiled
 from socketlab.transports.binding import format_peer
+
+_datagram_module, DATAGRAM_PATH = compiled.load("datagram_path")
+"""Which per-datagram loop UdpThread runs: "compiled with mypyc", or "Python (why)"."""
+serve_datagrams: Callable[[Any], None] = _datagram_module.serve
 
 # Vetted sources remembered at once; a flood of distinct (spoofed) sources only clears the memory,
 # which costs those sources one full check each, never a wrong verdict.
@@ -188,16 +192,9 @@ class VerboseUdpEndpoint(UdpEndpoint):
         return super().answer(data, addr)
 
 
-# Larger than any datagram: one over IPv4 carries at most 65,507 bytes.
-RECEIVE_SIZE = 65_536
-# A full send buffer drops the answer instead of blocking the thread (Windows has no such flag, and its
-# UDP sends do not block: the stack drops the datagram itself).
-SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0)
 # How long `UdpThread.close` waits for its thread after each wake-up datagram, and how many it sends.
 WAKE_WAIT = 0.2  # seconds
 WAKE_ATTEMPTS = 10
-# recvfrom on a socket closed under it: the thread is done.
-CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 
 class UdpThread:
@@ -225,42 +222,12 @@ class UdpThread:
         self._thread.start()
 
     def _serve(self) -> None:
+        serve_datagrams(self)  # datagram_path.serve, compiled when the build could
+
+    def crashed(self) -> None:
+        """Log the exception being handled: one bad datagram, the listener goes on."""
         endpoint = self.endpoint
-        receive = self.sock.recvfrom
-        sendto = self.sock.sendto
-        answer_for = endpoint.answer
-        flags = SEND_FLAGS
-        # No shortcut: nobody is vetted, so the test below always fails and `answer` decides.
-        vetted, bad_ports, answer_ascii = endpoint.fast_path() or (set(), frozenset(), bytes.upper)
-        while True:
-            try:
-                data, addr = receive(RECEIVE_SIZE)
-            except OSError as exc:
-                if self._stopping or exc.errno in CLOSED_ERRNOS:
-                    return
-                # Windows reports an ICMP "port unreachable" for an earlier answer on the next recvfrom.
-                endpoint.error_received(exc)
-                continue
-            if self._stopping:
-                return  # the wake-up datagram, or one that arrived after the listener was closed
-            try:
-                # The endpoint's fast path (see FastPath), then the endpoint for everything else.
-                if addr[0] in vetted and addr[1] not in bad_ports and data.isascii():
-                    answer = answer_ascii(data)
-                    if answer is not None and len(answer) <= len(data):
-                        sendto(answer, flags, addr)
-                        continue
-                answer = answer_for(data, addr)
-                if answer is not None:
-                    sendto(answer, flags, addr)
-            except BlockingIOError:
-                endpoint.send_drops += 1  # the send buffer is full: UDP may lose it, the client retries
-            except OSError as exc:
-                endpoint.error_received(exc)  # e.g. an answer too big for one datagram
-            except Exception:  # one bad datagram must not end the listener
-                endpoint.log.exception(
-                    _("%(listener)s: error serving a datagram"), {"listener": endpoint.label}
-                )
+        endpoint.log.exception(_("%(listener)s: error serving a datagram"), {"listener": endpoint.label})
 
     def close(self) -> None:
         """Stop the thread (after the datagrams already received) and close the socket."""
