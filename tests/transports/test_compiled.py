@@ -8,6 +8,7 @@ can; and a compiled copy that no longer matches its source must not be used.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,8 @@ def can_compile() -> str | None:
         return "no C compiler (cc) on this machine"
     if importlib.util.find_spec("mypyc") is None:
         return "mypyc is not installed"
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        return "Python's C headers (Python.h) are not installed"
     return None
 
 
