@@ -134,10 +134,11 @@ def close_all(socks: Iterable[socket.socket]) -> None:
         s.close()
 
 
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send `data`, half-close, read until the server closes."""
+def exchange(port: int, data: bytes, timeout: float = 10.0, piece: int = 0) -> bytes:
+    """Send `data` (in writes of `piece` bytes, if given), half-close, read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
+        for i in range(0, len(data), piece or max(len(data), 1)):
+            s.sendall(data[i : i + (piece or len(data))])
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(65536):

@@ -162,13 +162,7 @@ def test_a_one_mib_line_whole_and_in_pieces() -> None:
         pid, port = server.proc.pid, server.port()
         before = rss_kib(pid)
         answer_whole = exchange(port, line)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            for i in range(0, len(line), 1024):
-                s.sendall(line[i : i + 1024])
-            s.shutdown(socket.SHUT_WR)
-            answer_pieces = b""
-            while chunk := s.recv(65536):
-                answer_pieces += chunk
+        answer_pieces = exchange(port, line, piece=1024)
         after = rss_kib(pid)
         finish(server)
     expected = upper_bytes(line)

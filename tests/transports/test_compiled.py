@@ -35,6 +35,7 @@ from socketlab.transports.compiled import COMPILED, HOT_PATHS
 from socketlab.transports.tcp_server import CHUNK_PATH
 from socketlab.transports.udp_server import DATAGRAM_PATH, UdpEndpoint, serve_in_threads
 from tests.conftest import ROOT
+from tests.hardening.support import exchange
 from tests.helpers import cli_env, start_serve
 from tests.transports.test_udp_thread import _Fragile
 
@@ -171,25 +172,13 @@ def test_a_compiled_copy_older_than_its_source_is_not_used(name: str, tmp_path: 
     assert all(v == COMPILED for n, v in loaded.items() if n != name)
 
 
-def exchange(port: int, data: bytes) -> bytes:
-    """Send `data` in small writes, half-close, and read everything until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        for i in range(0, len(data), 7):
-            sock.sendall(data[i : i + 7])
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
-
-
 def test_a_real_server_answers_the_same_either_way() -> None:
     lines = b"hello\n" * 50 + "ação é fácil\n".encode() * 20 + b"mixed \xc3\xa7 and ascii\n" + b"last"
     answers = []
     for extra in ({}, {compiled.PURE_PYTHON_VARIABLE: "1"}):
         args = ["tcp", "--service", "upper", "--host", "127.0.0.1", "--port", "0"]
         with start_serve(args, env=cli_env(**extra)) as server:
-            answers.append(exchange(server.port(), lines))
+            answers.append(exchange(server.port(), lines, piece=7))
     expected = lines.decode().upper().encode()
     assert answers == [expected, expected]
 
