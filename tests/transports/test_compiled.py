@@ -58,7 +58,7 @@ def compiled_class() -> type[ChunkPath] | None:
 
 
 def can_compile() -> str | None:
-    """Why the build could not have compiled chunk_path.py here, or None if it could."""
+    """Why the build could not have compiled the hot paths here, or None if it could."""
     if os.environ.get(compiled.PURE_PYTHON_VARIABLE):
         return f"{compiled.PURE_PYTHON_VARIABLE} is set"
     if shutil.which(os.environ.get("CC", "cc")) is None:
@@ -98,8 +98,8 @@ def harness(base: type[ChunkPath], service: str, max_line: int) -> ChunkPath:
 
 
 def classes() -> list[type[ChunkPath]]:
-    native = compiled_class()
-    return [ChunkPath] if native is None else [ChunkPath, native]
+    built = compiled_class()
+    return [ChunkPath] if built is None else [ChunkPath, built]
 
 
 PIECES = [b"abc\n", b"x\r\n", b"\n", b"long line " * 5 + b"\n", b"\xc3\xa7\xc3\xa3o\n", b"ab", b"\xff\n"]
