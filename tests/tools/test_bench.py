@@ -6,7 +6,6 @@ upper service), the others answer wrongly on purpose, and the bench must tell th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import socketserver
@@ -471,14 +470,6 @@ def test_compare_smoke_run_with_baselines(tmp_path: Path) -> None:
     assert "plain asyncio streams" in (tmp_path / "perf.md").read_text()
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to see the servers started")
 def test_sigterm_stops_a_comparison_and_the_servers_it_started() -> None:
@@ -498,7 +489,7 @@ def test_sigterm_stops_a_comparison_and_the_servers_it_started() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "socketlab", *argv, "--chart", "-"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         env=cli_env(),
     )
     try:
@@ -506,10 +497,10 @@ def test_sigterm_stops_a_comparison_and_the_servers_it_started() -> None:
         started: set[int] = set()
         while not started and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-            started = _children(proc.pid)  # a server (the C one, or the baseline) is up
+            started = set(compare.tree_pids(proc.pid)) - {proc.pid}  # a server (C or baseline) is up
         assert started, "no server was started"
         time.sleep(0.5)
-        started |= _children(proc.pid)
+        started |= set(compare.tree_pids(proc.pid)) - {proc.pid}
         proc.terminate()
         assert proc.wait(30) == 130
         for pid in started:
@@ -518,8 +509,6 @@ def test_sigterm_stops_a_comparison_and_the_servers_it_started() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_scenario_lists() -> None:

@@ -737,7 +737,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def _tree_pids(pid: int) -> list[int]:
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc (only `pid` where there is no /proc)."""
     pids = [pid]
     for p in pids:
         for children in Path(f"/proc/{p}/task").glob("*/children"):
@@ -749,7 +750,7 @@ def _tree_pids(pid: int) -> list[int]:
 def tree_rss_kib(pid: int) -> int:
     """Resident memory of a process and its descendants, KiB (VmRSS from /proc)."""
     total = 0
-    for p in _tree_pids(pid):
+    for p in tree_pids(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -759,7 +760,7 @@ def tree_rss_kib(pid: int) -> int:
 
 def tree_fds(pid: int) -> int:
     total = 0
-    for p in _tree_pids(pid):
+    for p in tree_pids(pid):
         with contextlib.suppress(OSError):
             total += len(os.listdir(f"/proc/{p}/fd"))
     return total
